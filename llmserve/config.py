@@ -1,0 +1,133 @@
+"""Frozen configuration records shared by the engine, the runner and the CLI."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a Llama-family decoder, read from an HF config.json-style dict."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    qk_norm: bool = False
+    rope_scaling: dict[str, Any] | None = None
+    sliding_window: int | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_hf_dict(cls, cfg: dict[str, Any]) -> ModelConfig:
+        archs = cfg.get("architectures") or []
+        if not archs:
+            raise ValueError("model config has no 'architectures' entry")
+        arch = archs[0]
+        num_heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        head_dim = cfg.get("head_dim") or hidden // num_heads
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        rope_scaling = _rope_scaling(cfg)
+        return cls(
+            architecture=arch,
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=num_heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
+            head_dim=int(head_dim),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(_rope_theta(cfg)),
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(cfg.get("attention_bias", False)) or arch == "Qwen2ForCausalLM",
+            qk_norm=arch == "Qwen3ForCausalLM",
+            rope_scaling=rope_scaling,
+            sliding_window=_sliding_window(cfg),
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+        )
+
+
+def _rope_theta(cfg: dict[str, Any]) -> float:
+    # transformers 5 moved rope settings into `rope_parameters`; older configs keep `rope_theta`.
+    params = cfg.get("rope_parameters") or {}
+    return cfg.get("rope_theta") or params.get("rope_theta") or 10000.0
+
+
+def _rope_scaling(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    if not scaling:
+        return None
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind not in SUPPORTED_ROPE_SCALING:
+        raise ValueError(f"unsupported rope scaling {kind!r}; supported: {', '.join(SUPPORTED_ROPE_SCALING)}")
+    return None if kind == "default" else {**scaling, "rope_type": kind}
+
+
+def _sliding_window(cfg: dict[str, Any]) -> int | None:
+    # Qwen2/3 configs carry a window that is off unless use_sliding_window is set.
+    if "use_sliding_window" in cfg and not cfg["use_sliding_window"]:
+        return None
+    window = cfg.get("sliding_window")
+    return int(window) if window else None
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 16
+    kv_cache_memory: int = 2 << 30  # bytes for the whole KV pool
+    num_blocks: int | None = None  # overrides kv_cache_memory when set (tests)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    max_model_len: int = 8192
+    policy: str = "fcfs"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str | None = None  # None => the embedded SmolLM2 GGUF
+    dtype: str = "float32"
+    load_format: str = "auto"  # auto | safetensors | gguf | dummy
+    device: str = "cpu"
+    seed: int = 0
+    num_threads: int | None = None
+    max_model_len: int | None = None
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
+               "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
+
+
+def parse_size(value: int | float | str) -> int:
+    """Accept 2147483648, 2.5e9, '2GiB', '512MB', '4g'."""
+    if isinstance(value, int | float):
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", value)
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError(f"cannot read memory size {value!r}; use bytes or e.g. '2GiB', '512MB'")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])

@@ -1,0 +1,136 @@
+"""AsyncEngine: drives LLMEngine.step() on its own thread and streams outputs to asyncio callers.
+
+The event loop never runs model work: callers validate and tokenize, hand a PreparedRequest to
+the engine thread through a queue, and await their own asyncio.Queue of RequestOutputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from llmserve.config import EngineConfig
+from llmserve.engine.engine import LLMEngine, PreparedRequest, Prompt
+from llmserve.engine.outputs import RequestOutput
+from llmserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._stopping = threading.Event()
+        self._dead: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="llmserve-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> AsyncEngine:
+        return cls(LLMEngine(config))
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def num_active_requests(self) -> int:
+        return len(self._streams)
+
+    async def generate(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+                       priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """Yields one RequestOutput per engine step that touched the request; the last has finished=True.
+
+        Raises ValueError for bad input before anything is queued. Leaving the loop early aborts
+        the request, and its KV blocks return to the pool at the next step.
+        """
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine loop has stopped: {self._dead}")
+        prepared = self.engine.prepare(request_id, prompt, params, priority)
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._commands.put(("add", prepared, stream))
+        finished = False
+        try:
+            while not finished:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id, None))
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._commands.put(("wake", None, None))
+        self._thread.join(timeout)
+
+    # --- engine thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._drain_commands(block=not self.engine.has_unfinished_requests())
+                if self.engine.has_unfinished_requests():
+                    self._deliver(self.engine.step())
+        except BaseException as exc:  # pragma: no cover - a bug in the engine; fail every caller loudly
+            logger.exception("engine loop died")
+            self._dead = exc
+            for stream in self._streams.values():
+                stream.put(EngineDeadError(f"the engine loop has stopped: {exc}"))
+            self._streams.clear()
+
+    def _drain_commands(self, block: bool) -> None:
+        try:
+            command = self._commands.get(timeout=0.5) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(*command)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, kind: str, payload: PreparedRequest | str | None, stream: _Stream | None) -> None:
+        if kind == "add":
+            try:
+                self.engine.add_prepared(payload)
+            except Exception as exc:
+                stream.put(exc)
+                return
+            self._streams[payload.request_id] = stream
+        elif kind == "abort":
+            self._streams.pop(payload, None)
+            self.engine.abort_request(payload)
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is None:
+                continue
+            stream.put(output)
+            if output.finished:
+                del self._streams[output.request_id]

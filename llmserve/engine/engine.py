@@ -1,0 +1,237 @@
+"""LLMEngine: turns prompts into Requests and runs schedule -> execute -> update. No I/O, no threads."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from llmserve.config import EngineConfig, SchedulerConfig
+from llmserve.engine.block_manager import BlockManager
+from llmserve.engine.detokenizer import IncrementalDetokenizer
+from llmserve.engine.output_builder import OutputBuilder
+from llmserve.engine.outputs import RequestOutput
+from llmserve.engine.request import Request, RequestStatus
+from llmserve.engine.scheduler import Scheduler
+from llmserve.model.attention import kv_bytes_per_block
+from llmserve.model.loader import load_model, resolve_dtype
+from llmserve.runner.model_runner import ModelRunner, SampledToken
+from llmserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | list[int] | dict
+
+
+@dataclass
+class PreparedRequest:
+    """A validated, tokenized user request, ready to enter the engine (built off the engine thread)."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    priority: int = 0
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        start = time.perf_counter()
+        torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
+        self.config = config
+        self.dtype = resolve_dtype(config.dtype)
+        self.device = torch.device(config.device)
+        max_len = config.max_model_len or config.scheduler.max_model_len
+        loaded = load_model(config.model, self.dtype, max_len, config.load_format, config.device, config.seed)
+        self.model_config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.model_path = loaded.path
+        self.max_model_len = self._resolve_max_len(config.max_model_len)
+        num_blocks = self._num_blocks()
+        self.block_manager = BlockManager(num_blocks, config.cache.block_size)
+        sched = replace(config.scheduler, max_model_len=self.max_model_len)
+        self.scheduler = Scheduler(sched, self.block_manager)
+        self.runner = ModelRunner(loaded.model, self.model_config, num_blocks, config.cache.block_size,
+                                  self.dtype, self.device, config.seed)
+        self.outputs = OutputBuilder()
+        self._requests: dict[str, list[Request]] = {}
+        self._sequence = itertools.count()
+        logger.info("engine ready in %.2fs: %s, %d KV blocks of %d tokens", time.perf_counter() - start,
+                    self.model_config.architecture, num_blocks, config.cache.block_size)
+
+    # --- configuration -----------------------------------------------------------------
+    def _resolve_max_len(self, requested: int | None) -> int:
+        limit = self.model_config.max_position_embeddings
+        if self.model_config.sliding_window:
+            # We attend over the full context; past the window that would differ from the model's training.
+            limit = min(limit, self.model_config.sliding_window)
+        if requested is None:
+            return min(limit, self.config.scheduler.max_model_len)
+        if requested > limit:
+            raise ValueError(f"max_model_len {requested} exceeds the model's limit of {limit}")
+        return requested
+
+    def _num_blocks(self) -> int:
+        cache = self.config.cache
+        if cache.num_blocks is not None:
+            return cache.num_blocks
+        cfg = self.model_config
+        per_block = kv_bytes_per_block(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cache.block_size, self.dtype)
+        num_blocks = cache.kv_cache_memory // per_block
+        needed = -(-self.max_model_len // cache.block_size)
+        if num_blocks < needed:
+            raise ValueError(f"kv_cache_memory of {cache.kv_cache_memory} bytes holds {num_blocks * cache.block_size} "
+                             f"tokens, less than max_model_len {self.max_model_len}; raise it or lower max_model_len")
+        return num_blocks
+
+    @property
+    def scheduler_config(self) -> SchedulerConfig:
+        return self.scheduler.config
+
+    # --- requests in ---------------------------------------------------------------------
+    def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+                priority: int = 0) -> PreparedRequest:
+        """Validate and tokenize; raises ValueError on bad input. Safe to call from any thread."""
+        params = params or SamplingParams()
+        text, token_ids = self._tokenize(prompt)
+        if not token_ids:
+            raise ValueError("the prompt is empty")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(f"the prompt has {len(token_ids)} tokens; the context length is {self.max_model_len} "
+                             "and at least one must be left to generate")
+        vocab = self.model_config.vocab_size
+        if min(token_ids) < 0 or max(token_ids) >= vocab:
+            raise ValueError(f"prompt token ids must lie in [0, {vocab})")
+        return PreparedRequest(request_id, text, token_ids, params, priority)
+
+    def _tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), [int(t) for t in prompt["prompt_token_ids"]]
+            if "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+        if isinstance(prompt, list):
+            return None, [int(t) for t in prompt]
+        if not isinstance(prompt, str):
+            raise TypeError(f"a prompt must be a string, a list of token ids or a dict, not {type(prompt).__name__}")
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass prompt_token_ids")
+        return prompt, self.tokenizer.encode(prompt)
+
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+                    priority: int = 0) -> None:
+        self.add_prepared(self.prepare(request_id, prompt, params, priority))
+
+    def add_prepared(self, prepared: PreparedRequest) -> None:
+        if prepared.request_id in self._requests:
+            raise ValueError(f"request id {prepared.request_id!r} is already running")
+        params = prepared.params
+        room = self.max_model_len - len(prepared.prompt_token_ids)
+        if self.block_manager.blocks_needed(len(prepared.prompt_token_ids) + 1) > self.block_manager.num_blocks:
+            raise ValueError("the prompt does not fit in the KV cache")
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        children = [self._make_sequence(prepared, i, max_tokens) for i in range(params.n)]
+        self._requests[prepared.request_id] = children
+        self.outputs.register(prepared, children)
+        for child in children:
+            self.scheduler.add_request(child)
+
+    def _make_sequence(self, prepared: PreparedRequest, index: int, max_tokens: int) -> Request:
+        params = prepared.params
+        generator = None
+        if params.seed is not None:
+            # Each of the n sequences gets its own stream, or all n would be identical.
+            generator = torch.Generator(device="cpu").manual_seed(params.seed + index)
+        detok = None
+        if self.tokenizer is not None:
+            detok = IncrementalDetokenizer(self.tokenizer, prepared.prompt_token_ids, params)
+        eos = () if params.ignore_eos else self.model_config.eos_token_ids
+        return Request(
+            request_id=f"{prepared.request_id}#{index}", parent_id=prepared.request_id, index=index,
+            prompt_token_ids=prepared.prompt_token_ids, params=params, max_tokens=max_tokens,
+            eos_token_ids=eos, generator=generator, detokenizer=detok, priority=prepared.priority,
+            sequence_number=next(self._sequence),
+        )
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        children = self._requests.get(request_id)
+        if children is None:
+            return None
+        for child in children:
+            if not child.is_finished:
+                self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
+        return self._collect(request_id)
+
+    # --- the step ------------------------------------------------------------------------
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    def step(self) -> list[RequestOutput]:
+        plan = self.scheduler.schedule()
+        if plan.is_empty:
+            return []
+        try:
+            sampled = self.runner.execute(plan.scheduled)
+        except Exception as exc:  # one bad batch must not take the engine down
+            logger.exception("engine step failed")
+            return self._fail(plan.scheduled, f"internal error: {exc}")
+        for request, num_new in plan.scheduled:
+            request.num_computed_tokens += num_new
+        touched = {r.parent_id for r, _ in plan.scheduled}
+        for token in sampled:
+            self._append(token)
+        return [out for pid in touched if (out := self._collect(pid)) is not None]
+
+    def _append(self, token: SampledToken) -> None:
+        request, token_id = token.request, token.token_id
+        now = time.monotonic()
+        if request.times.first_token is None:
+            request.times.first_token = now
+        request.output_token_ids.append(token_id)
+        if token.logprobs is not None:
+            request.logprobs.append(token.logprobs)
+        status = self._stop_status(request, token_id)
+        if status is not None:
+            self.scheduler.finish(request, status)
+
+    def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
+        params = request.params
+        if token_id in request.eos_token_ids:
+            return RequestStatus.FINISHED_STOPPED
+        if params.stop_token_ids and token_id in params.stop_token_ids:
+            request.stop_reason = token_id
+            return RequestStatus.FINISHED_STOPPED
+        if request.detokenizer is not None:
+            stop = request.detokenizer.update([token_id])
+            if stop is not None:
+                request.stop_reason = stop
+                return RequestStatus.FINISHED_STOPPED
+        if len(request.output_token_ids) >= request.max_tokens or request.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _fail(self, scheduled: list[tuple[Request, int]], message: str) -> list[RequestOutput]:
+        parents = set()
+        for request, _ in scheduled:
+            request.error = message
+            self.scheduler.finish(request, RequestStatus.FINISHED_ERROR)
+            parents.add(request.parent_id)
+        return [out for pid in parents if (out := self._collect(pid)) is not None]
+
+    def _collect(self, parent_id: str) -> RequestOutput | None:
+        children = self._requests[parent_id]
+        output = self.outputs.build(parent_id, children)
+        if output.finished:
+            # Siblings of a failed sequence cannot be returned whole: end them too.
+            for child in children:
+                if not child.is_finished:
+                    self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
+            del self._requests[parent_id]
+            self.outputs.forget(parent_id)
+        return output

