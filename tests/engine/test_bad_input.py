@@ -1,0 +1,90 @@
+"""Bad input raises a clear error and leaves the engine healthy with every KV block free."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmserve import LLM, SamplingParams
+from tests.tiny_models import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    save_tiny_model("qwen2", path)
+    return LLM(str(path), num_kv_blocks=64, block_size=4, max_model_len=64)
+
+
+def _healthy(llm: LLM) -> None:
+    assert llm.engine.block_manager.num_free_blocks == 64
+    assert not llm.engine.has_unfinished_requests()
+    out = llm.generate({"prompt_token_ids": [4, 5, 6]}, SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 3
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ({"prompt_token_ids": list(range(3, 70))}, "context length"),
+    ({"prompt_token_ids": []}, "empty"),
+    ({"prompt_token_ids": [1, 999999]}, "token ids"),
+    ("text prompt", "no tokenizer"),
+    ({"nothing": 1}, "prompt"),
+])
+def test_bad_prompts_raise_clear_errors(llm, prompt, message):
+    with pytest.raises(ValueError, match=message):
+        llm.generate([{"prompt_token_ids": [3, 4]}, prompt], SamplingParams(max_tokens=2))
+    _healthy(llm)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+    ({"max_tokens": 0}, "max_tokens"), ({"n": 0}, "n"), ({"top_k": -5}, "top_k"),
+    ({"logprobs": -1}, "logprobs"), ({"min_p": 2.0}, "min_p"),
+])
+def test_invalid_sampling_values_are_rejected(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**kwargs)
+
+
+def test_abort_mid_generation_frees_every_block(llm):
+    engine = llm.engine
+    for i in range(4):
+        engine.add_request(f"a{i}", [3 + i] * 20, SamplingParams(max_tokens=30, ignore_eos=True))
+    for _ in range(5):
+        engine.step()
+    assert engine.block_manager.num_free_blocks < 64
+    for i in range(4):
+        out = engine.abort_request(f"a{i}")
+        assert out.finished and out.outputs[0].finish_reason == "abort"
+    _healthy(llm)
+
+
+def test_failure_inside_a_step_fails_only_those_requests(llm, monkeypatch):
+    engine = llm.engine
+    original = engine.runner.execute
+
+    def broken(scheduled):
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(engine.runner, "execute", broken)
+    with pytest.raises(RuntimeError, match="simulated kernel failure"):
+        llm.generate({"prompt_token_ids": [3, 4, 5]}, SamplingParams(max_tokens=4))
+    monkeypatch.setattr(engine.runner, "execute", original)
+    _healthy(llm)
+
+
+def test_missing_and_corrupt_model_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        LLM(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        LLM(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="JSON"):
+        LLM(str(tmp_path))
+
+
+def test_unknown_architecture_names_supported_ones(tmp_path):
+    (tmp_path / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"], "vocab_size": 10, '
+                                          '"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, '
+                                          '"num_attention_heads": 2}')
+    with pytest.raises(ValueError, match="LlamaForCausalLM"):
+        LLM(str(tmp_path), load_format="dummy")
