@@ -12,7 +12,10 @@ will later replace.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 from torch.nn import functional as F
@@ -48,10 +51,18 @@ class LayerKVCache:
 def allocate_kv_cache(num_layers: int, num_kv_heads: int, head_dim: int, num_blocks: int, block_size: int,
                       dtype: torch.dtype, device: torch.device | str) -> list[LayerKVCache]:
     shape = (num_kv_heads, num_blocks * block_size, head_dim)
-    # zeros, not empty: masked-out slots are still multiplied by zero weights, and 0 * NaN is NaN.
-    return [LayerKVCache(torch.zeros(shape, dtype=dtype, device=device),
-                         torch.zeros(shape, dtype=dtype, device=device), block_size)
+    return [LayerKVCache(_zeros(shape, dtype, device), _zeros(shape, dtype, device), block_size)
             for _ in range(num_layers)]
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    # Zeros, not empty: masked-out slots are still multiplied by zero weights, and 0 * NaN is NaN.
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    # On CPU numpy's calloc maps zero pages lazily, so a multi-GiB pool costs nothing until used,
+    # where torch.zeros would write every byte at start-up.
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
 
 
 def kv_bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,

@@ -1,0 +1,154 @@
+"""`llmserve` command line: generate and chat (serve and bench arrive with their issues)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+from llmserve.sampling_params import SamplingParams
+
+
+def _engine_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--model", default=None,
+                       help="HF folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    group.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    group.add_argument("--load-format", default="auto", help="auto | safetensors | gguf | dummy")
+    group.add_argument("--max-model-len", type=int, default=None)
+    group.add_argument("--kv-cache-memory", default="2GiB", help="KV cache pool size, e.g. 2GiB")
+    group.add_argument("--block-size", type=int, default=16)
+    group.add_argument("--max-num-seqs", type=int, default=64)
+    group.add_argument("--max-num-batched-tokens", type=int, default=512)
+    group.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    group.add_argument("--seed", type=int, default=0)
+
+
+def _sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-tokens", type=int, default=max_tokens)
+    group.add_argument("--temperature", type=float, default=0.0)
+    group.add_argument("--top-p", type=float, default=1.0)
+    group.add_argument("--top-k", type=int, default=0)
+    group.add_argument("--min-p", type=float, default=0.0)
+    group.add_argument("--repetition-penalty", type=float, default=1.0)
+    group.add_argument("--sampling-seed", type=int, default=None, help="seed for this request's sampling")
+    group.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def _make_llm(args: argparse.Namespace):
+    from llmserve.llm import LLM
+
+    return LLM(args.model, dtype=args.dtype, load_format=args.load_format, max_model_len=args.max_model_len,
+               kv_cache_memory=args.kv_cache_memory, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+               max_num_batched_tokens=args.max_num_batched_tokens, num_threads=args.threads, seed=args.seed)
+
+
+def _params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          seed=args.sampling_seed, stop=args.stop)
+
+
+def stream(llm, prompt: str | dict, params: SamplingParams, write: Callable[[str], object]) -> str:
+    """Run one request to completion, writing text as it is produced; returns the whole text."""
+    engine = llm.engine
+    request_id = f"cli-{time.monotonic_ns()}"
+    engine.add_request(request_id, prompt, params)
+    text = ""
+    try:
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.request_id != request_id:
+                    continue
+                if out.error:
+                    raise RuntimeError(out.error)
+                write(out.outputs[0].delta_text)
+                text = out.outputs[0].text
+    except KeyboardInterrupt:
+        engine.abort_request(request_id)
+        raise
+    return text
+
+
+def _write(chunk: str) -> None:
+    sys.stdout.write(chunk)
+    sys.stdout.flush()
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    llm = _make_llm(args)
+    prompt: str | dict = args.prompt
+    if args.chat:
+        rendered = llm.tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
+        prompt = {"prompt": rendered, "prompt_token_ids": llm.tokenizer.encode(rendered, add_special_tokens=False)}
+    stream(llm, prompt, _params(args), _write)
+    _write("\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = _make_llm(args)
+    messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    print("llmserve chat: type a message; /reset clears the conversation, /exit or Ctrl-D quits.")
+    while True:
+        try:
+            line = input("\n> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        if not line:
+            continue
+        messages.append({"role": "user", "content": line})
+        rendered = llm.tokenizer.apply_chat_template(messages)
+        prompt = {"prompt": rendered, "prompt_token_ids": llm.tokenizer.encode(rendered, add_special_tokens=False)}
+        try:
+            reply = stream(llm, prompt, _params(args), _write)
+        except KeyboardInterrupt:
+            print("\n[interrupted]")
+            messages.pop()
+            continue
+        except ValueError as exc:  # e.g. the conversation outgrew the context
+            print(f"error: {exc}")
+            messages.pop()
+            continue
+        messages.append({"role": "assistant", "content": reply})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmserve", description="LLM inference with llmserve's own engine")
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="complete one prompt and print the text as it streams")
+    gen.add_argument("prompt")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    _engine_args(gen)
+    _sampling_args(gen, max_tokens=64)
+    gen.set_defaults(func=cmd_generate)
+    chat = sub.add_parser("chat", help="interactive chat that streams the reply")
+    chat.add_argument("--system", default=None, help="system prompt")
+    _engine_args(chat)
+    _sampling_args(chat, max_tokens=512)
+    chat.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"llmserve: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
