@@ -73,6 +73,7 @@ class AsyncEngine:
             while not finished:
                 item = await stream.queue.get()
                 if isinstance(item, BaseException):
+                    finished = True  # rejected by the engine: nothing of ours to abort
                     raise item
                 finished = item.finished
                 yield item
@@ -123,8 +124,10 @@ class AsyncEngine:
                 return
             self._streams[payload.request_id] = stream
         elif kind == "abort":
-            self._streams.pop(payload, None)
-            self.engine.abort_request(payload)
+            output = self.engine.abort_request(payload)
+            stream = self._streams.pop(payload, None)
+            if stream is not None and output is not None:
+                stream.put(output)  # a caller still waiting sees finish_reason "abort"
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for output in outputs:

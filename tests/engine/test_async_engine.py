@@ -1,0 +1,91 @@
+"""AsyncEngine streams per-step outputs, aborts on early exit, and frees KV blocks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llmserve import SamplingParams
+from llmserve.config import CacheConfig, EngineConfig
+from llmserve.engine.async_engine import AsyncEngine
+from tests.tiny_models import save_tiny_model
+
+NUM_BLOCKS = 64
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-smollm2")
+    save_tiny_model("smollm2", path)
+    config = EngineConfig(model=str(path), max_model_len=128, cache=CacheConfig(block_size=4, num_blocks=NUM_BLOCKS))
+    eng = AsyncEngine.from_config(config)
+    yield eng
+    eng.shutdown()
+
+
+async def _collect(engine, request_id, prompt, params):
+    return [out async for out in engine.generate(request_id, prompt, params)]
+
+
+def test_concurrent_streams_complete_with_all_tokens(engine):
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+
+    async def main():
+        prompts = [[3 + i, 10, 20 + i] for i in range(6)]
+        return await asyncio.gather(*(_collect(engine, f"s{i}", {"prompt_token_ids": p}, params)
+                                      for i, p in enumerate(prompts)))
+
+    streams = asyncio.run(main())
+    for outs in streams:
+        assert outs[-1].finished and not any(o.finished for o in outs[:-1])
+        final = outs[-1].outputs[0]
+        assert len(final.token_ids) == 12
+        deltas = [t for o in outs for t in o.outputs[0].delta_token_ids]
+        assert deltas == final.token_ids
+    assert engine.engine.block_manager.num_free_blocks == NUM_BLOCKS
+
+
+def test_leaving_the_stream_early_aborts_and_frees_blocks(engine):
+    params = SamplingParams(temperature=0, max_tokens=100, ignore_eos=True)
+
+    async def main():
+        seen = 0
+        async for _ in engine.generate("early", {"prompt_token_ids": [5, 6, 7]}, params):
+            seen += 1
+            if seen == 3:
+                break
+        for _ in range(100):  # the abort is applied by the engine thread at its next step
+            if engine.engine.block_manager.num_free_blocks == NUM_BLOCKS:
+                return seen
+            await asyncio.sleep(0.01)
+        return -1
+
+    assert asyncio.run(main()) == 3
+    assert not engine.engine.has_unfinished_requests()
+
+
+def test_bad_input_raises_before_queueing_and_engine_keeps_serving(engine):
+    async def main():
+        with pytest.raises(ValueError, match="context length"):
+            await _collect(engine, "bad", {"prompt_token_ids": list(range(3, 200))}, SamplingParams())
+        return await _collect(engine, "good", {"prompt_token_ids": [4, 5]},
+                              SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
+
+    outs = asyncio.run(main())
+    assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 2
+
+
+def test_duplicate_request_id_fails_only_the_duplicate(engine):
+    params = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
+
+    async def main():
+        stream = engine.generate("dup", {"prompt_token_ids": [4, 5]}, params)
+        outs = [await anext(stream)]  # the first request is now inside the engine
+        with pytest.raises(ValueError, match="already"):
+            await _collect(engine, "dup", {"prompt_token_ids": [4, 5]}, params)
+        outs += [o async for o in stream]
+        return outs
+
+    outs = asyncio.run(main())
+    assert len(outs[-1].outputs[0].token_ids) == 60
