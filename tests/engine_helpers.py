@@ -37,3 +37,19 @@ def paged_logits(loaded, prompts: list[list[int]], chunk: int | None = None, blo
                 row += n
                 r.num_computed_tokens += n
     return [torch.cat(chunks) for chunks in logits]
+
+
+def fake_requests(lengths: list[int], block_size: int = 4, shuffle_blocks: bool = False,
+                  num_blocks: int = 256) -> list[Request]:
+    """Requests holding blocks for `lengths` tokens, optionally scattered across the pool."""
+    manager = BlockManager(num_blocks, block_size)
+    if shuffle_blocks:
+        order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(1)).tolist()
+        manager._free.clear()
+        manager._free.extend(order)
+    requests = []
+    for i, n in enumerate(lengths):
+        r = Request(str(i), str(i), 0, list(range(3, 3 + n)), SamplingParams(), 16, ())
+        manager.allocate(r, n)
+        requests.append(r)
+    return requests

@@ -16,9 +16,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 import torch
 from torch.nn import functional as F
+
+from llmserve.model.kernels import paged_decode_attention
 
 
 @dataclass
@@ -31,6 +32,7 @@ class AttentionGroup:
     max_query_len: int
     block_tables: torch.Tensor  # [G, max_blocks] long, padded with block 0 (masked out)
     mask: torch.Tensor  # [G, 1, Q, L] bool, True where a query may attend a key
+    context_lens: torch.Tensor  # [G] long: keys each sequence attends (cached + this step's)
     token_index: torch.Tensor | None  # [G * Q] rows of the slice to gather; None when no padding
     real_rows: torch.Tensor | None  # [end - start] rows of the padded [G * Q] output that are real
 
@@ -76,11 +78,33 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: La
     """q: [T, Hq, D]; k, v: [T, Hkv, D] for this step's tokens. Returns [T, Hq, D]."""
     cache.key.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
     cache.value.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
-    if len(meta.groups) == 1 and meta.groups[0].token_index is None:
-        return _group_attention(q, cache, meta.groups[0], scale)
+    if len(meta.groups) == 1:
+        return _attend(q, cache, meta.groups[0], scale)
     out = torch.empty_like(q)
     for group in meta.groups:
-        out[group.start:group.end] = _group_attention(q, cache, group, scale)
+        out[group.start:group.end] = _attend(q, cache, group, scale)
+    return out
+
+
+def _attend(q: torch.Tensor, cache: LayerKVCache, group: AttentionGroup, scale: float) -> torch.Tensor:
+    if group.max_query_len == 1 and q.dtype == torch.float32 and q.device.type == "cpu":
+        kernel = paged_decode_attention()
+        if kernel is not None:
+            return _decode_kernel(kernel, q[group.start:group.end], cache, group, scale)
+    return _group_attention(q, cache, group, scale)
+
+
+def _decode_kernel(kernel, q: torch.Tensor, cache: LayerKVCache, group: AttentionGroup,
+                   scale: float) -> torch.Tensor:
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    tables = group.block_tables
+    heads, slots, dim = cache.key.shape
+    failed = kernel(q.data_ptr(), cache.key.data_ptr(), cache.value.data_ptr(), tables.data_ptr(),
+                    group.context_lens.data_ptr(), out.data_ptr(), q.shape[0], q.shape[1], heads, dim, slots,
+                    cache.block_size, tables.shape[1], scale, torch.get_num_threads())
+    if failed:
+        raise MemoryError("paged attention kernel could not allocate its scratch space")
     return out
 
 

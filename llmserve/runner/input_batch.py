@@ -91,6 +91,7 @@ def _group(block_tables: torch.Tensor, query_lens: torch.Tensor, context_lens: t
         real_rows = torch.nonzero(is_real.reshape(-1)).squeeze(1)
     return AttentionGroup(start=0, end=0, num_seqs=num_seqs, max_query_len=max_q,
                           block_tables=block_tables[:, :num_blocks].contiguous(), mask=mask.unsqueeze(1),
+                          context_lens=context_lens.contiguous(),
                           token_index=token_index, real_rows=real_rows)
 
 
@@ -109,6 +110,7 @@ def _to(group: AttentionGroup, device: torch.device) -> AttentionGroup:
         return group
     return AttentionGroup(group.start, group.end, group.num_seqs, group.max_query_len,
                           _move(group.block_tables, device), _move(group.mask, device),
+                          _move(group.context_lens, device),
                           _move(group.token_index, device), _move(group.real_rows, device))
 
 

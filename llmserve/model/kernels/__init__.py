@@ -1,0 +1,76 @@
+"""Small C kernels for the CPU hot path, compiled on first use and loaded with ctypes.
+
+They need only a C compiler (no torch headers, so a build takes about a second). Without one,
+or with LLMSERVE_NO_KERNELS=1, callers fall back to pure-torch code that computes the same thing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_SOURCE_DIR = Path(__file__).parent
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("LLMSERVE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "llmserve")
+    return Path(root) / "kernels"
+
+
+def _compile(source: Path) -> Path | None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        logger.warning("no C compiler found; using the slower pure-torch attention")
+        return None
+    # The machine is part of the key: -march=native code must not be reused on another CPU.
+    key = hashlib.sha256(source.read_bytes() + " ".join(_FLAGS).encode() + platform.processor().encode()
+                         + platform.machine().encode() + _cpu_flags().encode()).hexdigest()[:16]
+    target = _cache_dir() / f"{source.stem}-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        result = subprocess.run([compiler, *_FLAGS, str(source), "-o", str(built), "-lm"],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            logger.warning("compiling %s failed; using pure torch:\n%s", source.name, result.stderr[-2000:])
+            return None
+        os.replace(built, target)  # atomic, so concurrent processes never load a half-written file
+    return target
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def paged_decode_attention() -> ctypes._CFuncPtr | None:
+    """The C decode-attention function, or None when kernels are unavailable or disabled."""
+    if os.environ.get("LLMSERVE_NO_KERNELS"):
+        return None
+    library = _compile(_SOURCE_DIR / "paged_attention.c")
+    if library is None:
+        return None
+    fn = ctypes.CDLL(str(library)).paged_decode_attention
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn

@@ -1,0 +1,95 @@
+/* Decode attention over a paged KV cache, reading the blocks where they lie.
+ *
+ * The pure-torch path must first copy every sequence's history out of the block pool
+ * (index_select) before SDPA can read it again: three passes over the KV bytes where one
+ * suffices, and decode on CPU is bound by exactly those bytes. This kernel walks each
+ * sequence's block table directly, one work item per (sequence, kv head) so the query heads
+ * that share a kv head read its keys and values once.
+ *
+ * Layouts (float32, contiguous):
+ *   q, out:        [num_seqs, num_heads, head_dim]        one query token per sequence
+ *   key, value:    [num_kv_heads, num_slots, head_dim]     slot = block * block_size + offset
+ *   block_tables:  [num_seqs, max_blocks] int64
+ *   context_lens:  [num_seqs] int64                        keys 0 .. len-1 are attended
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static float dot(const float *a, const float *b, int64_t n) {
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+static void axpy(float *y, float alpha, const float *x, int64_t n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+static void attend_one(const float *q, const float *key, const float *value, const int64_t *table,
+                       int64_t len, int64_t group, int64_t head_dim, int64_t block_size, float scale,
+                       float *scores, float *out) {
+    /* scores: [group, len] scratch; q and out: [group, head_dim] */
+    for (int64_t start = 0; start < len; start += block_size) {
+        const int64_t n = len - start < block_size ? len - start : block_size;
+        const int64_t slot = table[start / block_size] * block_size;
+        for (int64_t t = 0; t < n; t++) {
+            const float *k = key + (slot + t) * head_dim;
+            for (int64_t g = 0; g < group; g++) scores[g * len + start + t] = dot(q + g * head_dim, k, head_dim) * scale;
+        }
+    }
+    for (int64_t g = 0; g < group; g++) {
+        float *s = scores + g * len;
+        float max = s[0];
+        for (int64_t t = 1; t < len; t++) max = s[t] > max ? s[t] : max;
+        float sum = 0.0f;
+        for (int64_t t = 0; t < len; t++) {
+            s[t] = expf(s[t] - max);
+            sum += s[t];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t t = 0; t < len; t++) s[t] *= inv;
+    }
+    memset(out, 0, sizeof(float) * group * head_dim);
+    for (int64_t start = 0; start < len; start += block_size) {
+        const int64_t n = len - start < block_size ? len - start : block_size;
+        const int64_t slot = table[start / block_size] * block_size;
+        for (int64_t t = 0; t < n; t++) {
+            const float *v = value + (slot + t) * head_dim;
+            for (int64_t g = 0; g < group; g++) axpy(out + g * head_dim, scores[g * len + start + t], v, head_dim);
+        }
+    }
+}
+
+int paged_decode_attention(const float *q, const float *key, const float *value, const int64_t *block_tables,
+                           const int64_t *context_lens, float *out, int64_t num_seqs, int64_t num_heads,
+                           int64_t num_kv_heads, int64_t head_dim, int64_t num_slots, int64_t block_size,
+                           int64_t max_blocks, float scale, int num_threads) {
+    const int64_t group = num_heads / num_kv_heads;
+    int64_t max_len = 0;
+    for (int64_t s = 0; s < num_seqs; s++) max_len = context_lens[s] > max_len ? context_lens[s] : max_len;
+    int failed = 0;
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *scores = malloc(sizeof(float) * group * (max_len > 0 ? max_len : 1));
+        if (scores == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t item = 0; item < num_seqs * num_kv_heads; item++) {
+                const int64_t s = item / num_kv_heads, h = item % num_kv_heads;
+                const int64_t head0 = h * group;
+                attend_one(q + (s * num_heads + head0) * head_dim, key + h * num_slots * head_dim,
+                           value + h * num_slots * head_dim, block_tables + s * max_blocks, context_lens[s],
+                           group, head_dim, block_size, scale, scores,
+                           out + (s * num_heads + head0) * head_dim);
+            }
+            free(scores);
+        }
+    }
+    return failed;
+}

@@ -1,0 +1,56 @@
+"""The `llmserve` command line, run as a real subprocess on the embedded model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 180
+
+
+def _run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    return subprocess.run([sys.executable, "-m", "llmserve.cli", *args], input=stdin, capture_output=True,
+                          text=True, encoding="utf-8", cwd=REPO_ROOT, env=env, timeout=TIMEOUT_S)
+
+
+@pytest.mark.slow
+def test_generate_prints_text() -> None:
+    result = _run_cli("generate", "The capital of France is", "--max-tokens", "8", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_model_is_a_one_line_error() -> None:
+    result = _run_cli("generate", "Hello", "--model", "/nonexistent", "--max-tokens", "8")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "/nonexistent" in lines[0]
+    assert result.stdout == ""
+
+
+def test_bad_argument_is_a_usage_error() -> None:
+    result = _run_cli("generate")  # no prompt
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "usage" in result.stderr
+
+
+@pytest.mark.slow
+def test_chat_over_stdin() -> None:
+    result = _run_cli("chat", "--max-tokens", "16", "--threads", "1", stdin="Hi\n/exit\n")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    banner, _, rest = result.stdout.partition("\n")
+    assert banner.startswith("llmserve chat")
+    # What follows the first "> " prompt is the streamed reply, then the prompt for the next line.
+    reply = rest.split("> ", 1)[1].rsplit("> ", 1)[0] if rest.count("> ") >= 2 else ""
+    assert reply.strip(), result.stdout
