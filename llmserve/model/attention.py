@@ -13,9 +13,9 @@ will later replace.
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -61,10 +61,15 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | st
     # Zeros, not empty: masked-out slots are still multiplied by zero weights, and 0 * NaN is NaN.
     if torch.device(device).type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
-    # On CPU numpy's calloc maps zero pages lazily, so a multi-GiB pool costs nothing until used,
-    # where torch.zeros would write every byte at start-up.
+    # An anonymous mapping is zero-filled lazily by the kernel, so a multi-GiB pool costs nothing
+    # at start-up (torch.zeros writes every byte). Plain 4 KiB pages, not huge pages: a decode step
+    # writes one token per sequence per head, and faulting in a fresh 2 MiB page for each of those
+    # costs far more than the TLB misses it saves.
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
+    region = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(region, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
+        region.madvise(mmap.MADV_NOHUGEPAGE)
+    return torch.frombuffer(region, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
 
 
 def kv_bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,

@@ -20,7 +20,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _SOURCE_DIR = Path(__file__).parent
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 
 
 def _cache_dir() -> Path:
@@ -42,7 +42,7 @@ def _compile(source: Path) -> Path | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *_FLAGS, str(source), "-o", str(built), "-lm"],
+        result = subprocess.run([compiler, *_FLAGS, str(source), "-o", str(built), "-lmvec", "-lm"],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             logger.warning("compiling %s failed; using pure torch:\n%s", source.name, result.stderr[-2000:])

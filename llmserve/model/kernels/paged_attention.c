@@ -45,12 +45,15 @@ static void attend_one(const float *q, const float *key, const float *value, con
         float *s = scores + g * len;
         float max = s[0];
         for (int64_t t = 1; t < len; t++) max = s[t] > max ? s[t] : max;
+        /* Separate simple loops so the compiler vectorizes expf (libmvec): scalar expf alone
+           cost as much as reading the whole KV history. */
+#pragma omp simd
+        for (int64_t t = 0; t < len; t++) s[t] = expf(s[t] - max);
         float sum = 0.0f;
-        for (int64_t t = 0; t < len; t++) {
-            s[t] = expf(s[t] - max);
-            sum += s[t];
-        }
+#pragma omp simd reduction(+ : sum)
+        for (int64_t t = 0; t < len; t++) sum += s[t];
         const float inv = 1.0f / sum;
+#pragma omp simd
         for (int64_t t = 0; t < len; t++) s[t] *= inv;
     }
     memset(out, 0, sizeof(float) * group * head_dim);
