@@ -15,7 +15,15 @@ from torch import nn
 
 from llmserve.config import ModelConfig
 from llmserve.model.attention import AttentionMetadata, LayerKVCache, paged_attention
-from llmserve.model.layers import GatedMLP, MergedLinear, RMSNorm, RotaryEmbedding, apply_rotary
+from llmserve.model.layers import (
+    Embedding,
+    GatedMLP,
+    Linear,
+    MergedLinear,
+    RMSNorm,
+    RotaryEmbedding,
+    apply_rotary,
+)
 
 
 class LlamaAttention(nn.Module):
@@ -24,7 +32,7 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=config.attention_bias)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
+        self.o_proj = Linear(q_size, config.hidden_size)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.scale = self.head_dim ** -0.5
@@ -60,12 +68,11 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, max_positions: int) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config, max_positions)
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
-            config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[LayerKVCache],
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -80,42 +87,37 @@ class LlamaForCausalLM(nn.Module):
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return torch.nn.functional.linear(hidden, weight).float()
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors in, fusing q/k/v and gate/up; every parameter must be set once."""
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype,
+                     device: torch.device | str) -> None:
+        """Adopt HF-named tensors as parameters (no copy where dtype and device already match),
+        fusing q/k/v and gate/up; the model may live on the meta device until then."""
+        pieces: dict[str, dict[int | None, torch.Tensor]] = {}
         params = dict(self.named_parameters())
-        loaded: set[str] = set()
         for hf_name, tensor in weights:
             target = _map_hf_name(hf_name)
-            if target is None:
+            if target is None or (target[0] == "lm_head.weight" and self.lm_head is None):
                 continue
-            name, shard = target
-            if name == "lm_head.weight" and self.lm_head is None:
-                continue
-            if name not in params:
+            if target[0] not in params:
                 raise ValueError(f"checkpoint tensor {hf_name!r} has no place in {self.config.architecture}")
-            _copy_into(params[name], self._shard_slice(name, shard), tensor, hf_name)
-            loaded.add(f"{name}#{shard}" if shard is not None else name)
-        missing = [n for n in self._expected_keys() if n not in loaded]
-        if missing:
-            raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {missing[:3]}")
+            pieces.setdefault(target[0], {})[target[1]] = tensor
+        state = {name: self._assemble(name, param, pieces.get(name, {})).to(dtype=dtype, device=device)
+                 for name, param in params.items()}
+        self.load_state_dict(state, strict=False, assign=True)
 
-    def _shard_slice(self, name: str, shard: int | None) -> slice:
-        if shard is None:
-            return slice(None)
+    def _assemble(self, name: str, param: torch.Tensor, parts: dict[int | None, torch.Tensor]) -> torch.Tensor:
         module = self.get_submodule(name.rsplit(".", 1)[0])
-        start, size = module.shard_offset(shard)
-        return slice(start, start + size)
-
-    def _expected_keys(self) -> list[str]:
-        keys = []
-        for name, module in self.named_modules():
-            for pname, _ in module.named_parameters(recurse=False):
-                full = f"{name}.{pname}" if name else pname
-                if isinstance(module, MergedLinear):
-                    keys += [f"{full}#{i}" for i in range(len(module.out_sizes))]
-                else:
-                    keys.append(full)
-        return keys
+        if isinstance(module, MergedLinear):
+            missing = [i for i in range(len(module.out_sizes)) if i not in parts]
+            if missing:
+                raise ValueError(f"checkpoint is missing shard {missing[0]} of {name}")
+            tensor = torch.cat([parts[i] for i in range(len(module.out_sizes))])
+        elif None in parts:
+            tensor = parts[None]
+        else:
+            raise ValueError(f"checkpoint is missing tensor {name}")
+        if tensor.shape != param.shape:
+            raise ValueError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}")
+        return tensor
 
 
 _FUSED = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
@@ -132,10 +134,3 @@ def _map_hf_name(hf_name: str) -> tuple[str, int | None] | None:
         fused, shard = _FUSED[match.group(2)]
         return f"{match.group(1)}.{fused}.{match.group(3)}", shard
     return name, None
-
-
-def _copy_into(param: torch.Tensor, rows: slice, tensor: torch.Tensor, hf_name: str) -> None:
-    dest = param.data[rows]
-    if dest.shape != tensor.shape:
-        raise ValueError(f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
-    dest.copy_(tensor)

@@ -56,11 +56,11 @@ def load_model(model: str | None, dtype: torch.dtype, max_model_len: int, load_f
     config = ModelConfig.from_hf_dict(hf_config)
     # Without tokenizer.json the model still serves prompts given as token ids.
     tokenizer = _folder_tokenizer(path)
-    net = _build(config, dtype, max_model_len, device)
+    net = _build(config, max_model_len, device)
     if load_format == "dummy":
-        _init_dummy(net, seed)
+        _init_dummy(net, seed, dtype, device)
     else:
-        net.load_weights(_safetensors(path))
+        net.load_weights(_safetensors(path), dtype, device)
     return LoadedModel(net.eval(), config, tokenizer, path)
 
 
@@ -72,8 +72,8 @@ def _load_gguf(path: Path, dtype: torch.dtype, max_model_len: int, device: str) 
     tokenizer = checkpoint.tokenizer
     if tokenizer.eos_token_ids and not config.eos_token_ids:
         config = _with_eos(config, tokenizer.eos_token_ids)
-    net = _build(config, dtype, max_model_len, device)
-    net.load_weights(checkpoint.tensors())
+    net = _build(config, max_model_len, device)
+    net.load_weights(checkpoint.tensors(), dtype, device)
     return LoadedModel(net.eval(), config, tokenizer, path)
 
 
@@ -101,12 +101,11 @@ def _read_config(path: Path) -> dict:
         raise ValueError(f"{config_file} is not valid JSON: {exc}") from None
 
 
-def _build(config: ModelConfig, dtype: torch.dtype, max_model_len: int, device: str) -> nn.Module:
+def _build(config: ModelConfig, max_model_len: int, device: str) -> nn.Module:
+    """The model with meta-device parameters (filled by load_weights) and real rope tables."""
     cls = model_class(config)
-    # Build on the meta device so no time is spent initialising weights we overwrite anyway.
     with torch.device("meta"):
         net = cls(config, max_model_len)
-    net = net.to(dtype).to_empty(device=device)
     net.rotary = RotaryEmbedding(config, max_model_len).to(device)
     return net
 
@@ -127,13 +126,16 @@ def _safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, f.get_tensor(name)
 
 
-def _init_dummy(net: nn.Module, seed: int) -> None:
+def _init_dummy(net: nn.Module, seed: int, dtype: torch.dtype, device: str) -> None:
+    """Random weights of the right shapes, for benchmarks of configurations we have no checkpoint for."""
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            if "norm" in name:
-                param.fill_(1.0)
-            elif name.endswith("bias"):
-                param.zero_()
-            else:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    state = {}
+    for name, param in net.named_parameters():
+        if "norm" in name:
+            tensor = torch.ones(param.shape)
+        elif name.endswith("bias"):
+            tensor = torch.zeros(param.shape)
+        else:
+            tensor = torch.randn(param.shape, generator=gen) * 0.02
+        state[name] = tensor.to(dtype=dtype, device=device)
+    net.load_state_dict(state, strict=False, assign=True)
