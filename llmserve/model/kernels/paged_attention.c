@@ -29,6 +29,16 @@ static void axpy(float *y, float alpha, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += alpha * x[i];
 }
 
+/* Blocks lie anywhere in the pool, so the hardware prefetcher stops at every block boundary;
+   asking for the next block while working on this one hides most of the DRAM latency. */
+static void prefetch_block(const float *base, const int64_t *table, int64_t next_start, int64_t len,
+                           int64_t block_size, int64_t head_dim) {
+    if (next_start >= len) return;
+    const float *row = base + table[next_start / block_size] * block_size * head_dim;
+    const int64_t n = len - next_start < block_size ? len - next_start : block_size;
+    for (int64_t i = 0; i < n * head_dim; i += 16) __builtin_prefetch(row + i, 0, 1);
+}
+
 static void attend_one(const float *q, const float *key, const float *value, const int64_t *table,
                        int64_t len, int64_t group, int64_t head_dim, int64_t block_size, float scale,
                        float *scores, float *out) {
@@ -36,6 +46,7 @@ static void attend_one(const float *q, const float *key, const float *value, con
     for (int64_t start = 0; start < len; start += block_size) {
         const int64_t n = len - start < block_size ? len - start : block_size;
         const int64_t slot = table[start / block_size] * block_size;
+        prefetch_block(key, table, start + block_size, len, block_size, head_dim);
         for (int64_t t = 0; t < n; t++) {
             const float *k = key + (slot + t) * head_dim;
             for (int64_t g = 0; g < group; g++) scores[g * len + start + t] = dot(q + g * head_dim, k, head_dim) * scale;
@@ -47,8 +58,14 @@ static void attend_one(const float *q, const float *key, const float *value, con
         for (int64_t t = 1; t < len; t++) max = s[t] > max ? s[t] : max;
         /* Separate simple loops so the compiler vectorizes expf (libmvec): scalar expf alone
            cost as much as reading the whole KV history. */
+        /* Weights below e^-60 become exactly 0: a real model's attention is peaked enough that
+           the rest would be denormal, and every FMA on a denormal takes a slow microcode path
+           (-ffast-math's flush-to-zero is not set up for a shared library). */
 #pragma omp simd
-        for (int64_t t = 0; t < len; t++) s[t] = expf(s[t] - max);
+        for (int64_t t = 0; t < len; t++) {
+            const float x = s[t] - max;
+            s[t] = x < -60.0f ? 0.0f : expf(x);
+        }
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int64_t t = 0; t < len; t++) sum += s[t];
@@ -60,6 +77,7 @@ static void attend_one(const float *q, const float *key, const float *value, con
     for (int64_t start = 0; start < len; start += block_size) {
         const int64_t n = len - start < block_size ? len - start : block_size;
         const int64_t slot = table[start / block_size] * block_size;
+        prefetch_block(value, table, start + block_size, len, block_size, head_dim);
         for (int64_t t = 0; t < n; t++) {
             const float *v = value + (slot + t) * head_dim;
             for (int64_t g = 0; g < group; g++) axpy(out + g * head_dim, scores[g * len + start + t], v, head_dim);
