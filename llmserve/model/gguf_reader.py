@@ -8,8 +8,10 @@ dequantization (numpy, single-threaded) by vectorised torch code for the common 
 from __future__ import annotations
 
 import gc
+import os
 import struct
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,19 +115,26 @@ class GGUFCheckpoint:
     _reader: gguf.GGUFReader = field(repr=False)
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        arch = self.metadata["general.architecture"]
-        for tensor in self._reader.tensors:
-            name = hf_tensor_name(tensor.name)
-            if name is None:
-                continue
-            shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-            raw = tensor.data
-            if arch in _PERMUTED_QK and (".attn_q." in tensor.name or ".attn_k." in tensor.name):
-                heads = self.config["num_attention_heads" if ".attn_q." in tensor.name else "num_key_value_heads"]
-                raw = raw[_unpermute_rows(shape[0], heads)]
-            with _one_thread():
-                weight = dequantize(raw, tensor.tensor_type, shape)
-            yield name, weight
+        jobs = [job for tensor in self._reader.tensors if (job := self._job(tensor)) is not None]
+        # Tensors are independent: dequantize them on a worker per core, each op single-threaded
+        # (see _one_thread). Most of the time goes to first-touch page faults on the new fp32
+        # buffers, which the kernel also serves faster from several threads.
+        with _one_thread(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            weights = pool.map(lambda job: dequantize(*job[1:]), jobs)
+            for (name, *_), weight in zip(jobs, weights, strict=True):
+                yield name, weight
+
+    def _job(self, tensor: Any) -> tuple[str, np.ndarray, int, tuple[int, ...]] | None:
+        name = hf_tensor_name(tensor.name)
+        if name is None:
+            return None
+        shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+        raw = tensor.data
+        if self.metadata["general.architecture"] in _PERMUTED_QK and (
+                ".attn_q." in tensor.name or ".attn_k." in tensor.name):
+            heads = self.config["num_attention_heads" if ".attn_q." in tensor.name else "num_key_value_heads"]
+            raw = raw[_unpermute_rows(shape[0], heads)]
+        return name, raw, tensor.tensor_type, shape
 
 
 def read_gguf(path: str | Path) -> GGUFCheckpoint:

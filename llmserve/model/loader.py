@@ -104,10 +104,9 @@ def _read_config(path: Path) -> dict:
 def _build(config: ModelConfig, max_model_len: int, device: str) -> nn.Module:
     """The model with meta-device parameters (filled by load_weights) and real rope tables."""
     cls = model_class(config)
+    rotary = RotaryEmbedding(config, max_model_len).to(device)
     with torch.device("meta"):
-        net = cls(config, max_model_len)
-    net.rotary = RotaryEmbedding(config, max_model_len).to(device)
-    return net
+        return cls(config, rotary)
 
 
 def _safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
