@@ -96,6 +96,10 @@ class CacheConfig:
     kv_cache_memory: int = 2 << 30  # bytes for the whole KV pool
     num_blocks: int | None = None  # overrides kv_cache_memory when set (tests)
 
+    def __post_init__(self) -> None:
+        _at_least_one(block_size=self.block_size, kv_cache_memory=self.kv_cache_memory,
+                      num_kv_blocks=1 if self.num_blocks is None else self.num_blocks)
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -103,6 +107,16 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 512
     max_model_len: int = 8192
     policy: str = "fcfs"
+
+    def __post_init__(self) -> None:
+        _at_least_one(max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
+                      max_model_len=self.max_model_len)
+
+
+def _at_least_one(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)

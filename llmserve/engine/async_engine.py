@@ -31,8 +31,13 @@ class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
 
-    def put(self, item: RequestOutput | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    def put(self, item: RequestOutput | BaseException) -> bool:
+        """False when the caller's event loop has closed: nobody is listening any more."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:
+            return False
+        return True
 
 
 class AsyncEngine:
@@ -85,7 +90,8 @@ class AsyncEngine:
                 yield item
         finally:
             if not finished:
-                self.abort(request_id)
+                # Tied to this stream, so a late abort never hits a newer request with the same id.
+                self._commands.put(("abort", request_id, stream))
 
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id, None))
@@ -97,6 +103,7 @@ class AsyncEngine:
 
     # --- engine thread -------------------------------------------------------------------
     def _run(self) -> None:
+        reason: BaseException = EngineDeadError("the engine was shut down")
         try:
             while not self._stopping.is_set():
                 self._drain_commands(block=not self.engine.has_unfinished_requests())
@@ -104,10 +111,22 @@ class AsyncEngine:
                     self._deliver(self.engine.step())
         except BaseException as exc:  # pragma: no cover - a bug in the engine; fail every caller loudly
             logger.exception("engine loop died")
-            self._dead = exc
-            for stream in self._streams.values():
-                stream.put(EngineDeadError(f"the engine loop has stopped: {exc}"))
-            self._streams.clear()
+            reason = exc
+        self._dead = reason
+        for stream in self._streams.values():
+            stream.put(EngineDeadError(f"the engine loop has stopped: {reason}"))
+        self._streams.clear()
+        self._fail_queued(reason)
+
+    def _fail_queued(self, reason: BaseException) -> None:
+        """Requests that arrived after the loop ended must not wait for ever."""
+        while True:
+            try:
+                kind, _, stream = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add" and stream is not None:
+                stream.put(EngineDeadError(f"the engine loop has stopped: {reason}"))
 
     def _drain_commands(self, block: bool) -> None:
         try:
@@ -130,16 +149,21 @@ class AsyncEngine:
                 return
             self._streams[payload.request_id] = stream
         elif kind == "abort":
+            current = self._streams.get(payload)
+            if stream is not None and current is not stream:
+                return  # that request already finished; the id may belong to a newer one now
             output = self.engine.abort_request(payload)
-            stream = self._streams.pop(payload, None)
-            if stream is not None and output is not None:
-                stream.put(output)  # a caller still waiting sees finish_reason "abort"
+            self._streams.pop(payload, None)
+            if current is not None and output is not None:
+                current.put(output)  # a caller still waiting sees finish_reason "abort"
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for output in outputs:
             stream = self._streams.get(output.request_id)
             if stream is None:
                 continue
-            stream.put(output)
-            if output.finished:
+            if not stream.put(output):  # the caller's event loop is gone
+                del self._streams[output.request_id]
+                self.engine.abort_request(output.request_id)
+            elif output.finished:
                 del self._streams[output.request_id]

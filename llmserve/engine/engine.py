@@ -71,6 +71,8 @@ class LLMEngine:
             limit = min(limit, self.model_config.sliding_window)
         if requested is None:
             return min(limit, self.config.scheduler.max_model_len)
+        if requested < 1:
+            raise ValueError(f"max_model_len must be a positive integer, got {requested}")
         if requested > limit:
             raise ValueError(f"max_model_len {requested} exceeds the model's limit of {limit}")
         return requested
@@ -106,20 +108,26 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if min(token_ids) < 0 or max(token_ids) >= vocab:
             raise ValueError(f"prompt token ids must lie in [0, {vocab})")
+        if len(token_ids) >= self._pool_tokens:
+            raise ValueError(f"the prompt has {len(token_ids)} tokens; the KV cache holds {self._pool_tokens}")
         return PreparedRequest(request_id, text, token_ids, params, priority)
+
+    @property
+    def _pool_tokens(self) -> int:
+        return self.block_manager.num_blocks * self.block_manager.block_size
 
     def _tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), [int(t) for t in prompt["prompt_token_ids"]]
+                return prompt.get("prompt"), _token_ids(prompt["prompt_token_ids"])
             if "prompt" in prompt:
                 prompt = prompt["prompt"]
             else:
                 raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
         if isinstance(prompt, list):
-            return None, [int(t) for t in prompt]
+            return None, _token_ids(prompt)
         if not isinstance(prompt, str):
-            raise TypeError(f"a prompt must be a string, a list of token ids or a dict, not {type(prompt).__name__}")
+            raise ValueError(f"a prompt must be a string, a list of token ids or a dict, not {type(prompt).__name__}")
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; pass prompt_token_ids")
         return prompt, self.tokenizer.encode(prompt)
@@ -132,9 +140,9 @@ class LLMEngine:
         if prepared.request_id in self._requests:
             raise ValueError(f"request id {prepared.request_id!r} is already running")
         params = prepared.params
-        room = self.max_model_len - len(prepared.prompt_token_ids)
-        if self.block_manager.blocks_needed(len(prepared.prompt_token_ids) + 1) > self.block_manager.num_blocks:
-            raise ValueError("the prompt does not fit in the KV cache")
+        # Capped by the pool too: a request alone must always be able to finish, or it would
+        # preempt itself for ever.
+        room = min(self.max_model_len, self._pool_tokens) - len(prepared.prompt_token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         children = [self._make_sequence(prepared, i, max_tokens) for i in range(params.n)]
         self._requests[prepared.request_id] = children
@@ -185,7 +193,11 @@ class LLMEngine:
             request.num_computed_tokens += num_new
         touched = {r.parent_id for r, _ in plan.scheduled}
         for token in sampled:
-            self._append(token)
+            try:
+                self._append(token)
+            except Exception as exc:  # e.g. a detokenizer failure: fail this request alone
+                logger.exception("request %s failed", token.request.request_id)
+                self._fail([(token.request, 0)], f"internal error: {exc}")
         return [out for pid in touched if (out := self._collect(pid)) is not None]
 
     def _append(self, token: SampledToken) -> None:
@@ -235,3 +247,10 @@ class LLMEngine:
             del self._requests[parent_id]
             self.outputs.forget(parent_id)
         return output
+
+
+def _token_ids(values: object) -> list[int]:
+    if not isinstance(values, list | tuple) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in values):
+        raise ValueError("prompt_token_ids must be a list of integers")
+    return list(values)

@@ -109,10 +109,6 @@ class MergedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
-    def shard_offset(self, index: int) -> tuple[int, int]:
-        start = sum(self.out_sizes[:index])
-        return start, self.out_sizes[index]
-
 
 class GatedMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,7 +71,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, max_model_len: int, device: str) 
     config = ModelConfig.from_hf_dict(checkpoint.config)
     tokenizer = checkpoint.tokenizer
     if tokenizer.eos_token_ids and not config.eos_token_ids:
-        config = _with_eos(config, tokenizer.eos_token_ids)
+        config = replace(config, eos_token_ids=tuple(tokenizer.eos_token_ids))
     net = _build(config, max_model_len, device)
     net.load_weights(checkpoint.tensors(), dtype, device)
     return LoadedModel(net.eval(), config, tokenizer, path)
@@ -83,12 +83,6 @@ def _folder_tokenizer(path: Path) -> Tokenizer | None:
     from llmserve.model.tokenizer import Tokenizer
 
     return Tokenizer.from_folder(path)
-
-
-def _with_eos(config: ModelConfig, eos: tuple[int, ...]) -> ModelConfig:
-    from dataclasses import replace
-
-    return replace(config, eos_token_ids=tuple(eos))
 
 
 def _read_config(path: Path) -> dict:

@@ -55,5 +55,4 @@ def _blocked_ids(request: Request) -> list[int]:
     """Tokens that would end the request before min_tokens is reached."""
     if len(request.output_token_ids) >= request.params.min_tokens:
         return []
-    eos = [] if request.params.ignore_eos else list(request.eos_token_ids)
-    return eos + list(request.params.stop_token_ids or [])
+    return list(request.eos_token_ids) + list(request.params.stop_token_ids or [])  # eos is () with ignore_eos

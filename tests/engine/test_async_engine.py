@@ -87,3 +87,28 @@ def test_duplicate_request_id_fails_only_the_duplicate(engine):
 
     outs = asyncio.run(main())
     assert len(outs[-1].outputs[0].token_ids) == 60
+
+
+def test_a_caller_whose_event_loop_closed_does_not_kill_the_engine(engine):
+    params = SamplingParams(temperature=0, max_tokens=50, ignore_eos=True)
+
+    async def start_and_leave():
+        stream = engine.generate("orphan", {"prompt_token_ids": [4, 5, 6]}, params)
+        await anext(stream)  # the loop closes with the stream still open and never closed
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(start_and_leave())
+    loop.close()
+    outs = asyncio.run(_collect(engine, "after", {"prompt_token_ids": [4, 5]},
+                                SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)))
+    assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 3
+
+
+def test_shutdown_fails_waiting_callers_instead_of_hanging(tmp_path):
+    from llmserve.engine.async_engine import EngineDeadError
+
+    save_tiny_model("llama", tmp_path)
+    eng = AsyncEngine.from_args(str(tmp_path), max_model_len=64, block_size=4, num_kv_blocks=32)
+    eng.shutdown()
+    with pytest.raises(EngineDeadError):
+        asyncio.run(_collect(eng, "late", {"prompt_token_ids": [4, 5]}, SamplingParams(max_tokens=2)))

@@ -88,3 +88,32 @@ def test_unknown_architecture_names_supported_ones(tmp_path):
                                           '"num_attention_heads": 2}')
     with pytest.raises(ValueError, match="LlamaForCausalLM"):
         LLM(str(tmp_path), load_format="dummy")
+
+
+@pytest.mark.parametrize("prompt", [{"prompt_token_ids": [1.7, 2.2]}, {"prompt_token_ids": [True, 3]},
+                                    {"prompt_token_ids": [None]}, {"prompt_token_ids": 5},
+                                    {"prompt_token_ids": [[1, 2]]}])
+def test_malformed_token_ids_are_value_errors(llm, prompt):
+    with pytest.raises(ValueError, match="integers"):
+        llm.generate(prompt, SamplingParams(max_tokens=2))
+    _healthy(llm)
+
+
+def test_request_longer_than_the_pool_finishes_instead_of_preempting_itself(tmp_path):
+    save_tiny_model("llama", tmp_path)
+    small = LLM(str(tmp_path), num_kv_blocks=4, block_size=4, max_model_len=256)
+    out = small.generate({"prompt_token_ids": [3, 4, 5, 6, 7]}, SamplingParams(max_tokens=30, ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 11 and out[0].outputs[0].finish_reason == "length"
+    with pytest.raises(ValueError, match="KV cache holds 16"):
+        small.generate([{"prompt_token_ids": [3, 4]}, {"prompt_token_ids": list(range(3, 23))}])
+    assert not small.engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize("kwargs, name", [({"max_num_batched_tokens": 0}, "max_num_batched_tokens"),
+                                          ({"max_num_seqs": 0}, "max_num_seqs"), ({"block_size": 0}, "block_size"),
+                                          ({"num_kv_blocks": 0}, "num_kv_blocks"),
+                                          ({"max_model_len": 0}, "max_model_len")])
+def test_zero_sizes_in_the_config_are_rejected(tmp_path, kwargs, name):
+    save_tiny_model("llama", tmp_path)
+    with pytest.raises(ValueError, match=name):
+        LLM(str(tmp_path), **kwargs)

@@ -13,6 +13,7 @@
  *   context_lens:  [num_seqs] int64                        keys 0 .. len-1 are attended
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,25 +93,22 @@ int paged_decode_attention(const float *q, const float *key, const float *value,
     const int64_t group = num_heads / num_kv_heads;
     int64_t max_len = 0;
     for (int64_t s = 0; s < num_seqs; s++) max_len = context_lens[s] > max_len ? context_lens[s] : max_len;
-    int failed = 0;
-#pragma omp parallel num_threads(num_threads)
-    {
-        float *scores = malloc(sizeof(float) * group * (max_len > 0 ? max_len : 1));
-        if (scores == NULL) {
-#pragma omp atomic write
-            failed = 1;
-        } else {
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t item = 0; item < num_seqs * num_kv_heads; item++) {
-                const int64_t s = item / num_kv_heads, h = item % num_kv_heads;
-                const int64_t head0 = h * group;
-                attend_one(q + (s * num_heads + head0) * head_dim, key + h * num_slots * head_dim,
-                           value + h * num_slots * head_dim, block_tables + s * max_blocks, context_lens[s],
-                           group, head_dim, block_size, scale, scores,
-                           out + (s * num_heads + head0) * head_dim);
-            }
-            free(scores);
-        }
+    if (num_threads < 1) num_threads = 1;
+    /* One scratch row per thread, allocated before the parallel region so that a failure
+       cannot leave some threads outside the work-sharing loop. */
+    const int64_t per_thread = group * (max_len > 0 ? max_len : 1);
+    float *scratch = malloc(sizeof(float) * per_thread * num_threads);
+    if (scratch == NULL) return 1;
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
+    for (int64_t item = 0; item < num_seqs * num_kv_heads; item++) {
+        const int64_t s = item / num_kv_heads, h = item % num_kv_heads;
+        const int64_t head0 = h * group;
+        if (context_lens[s] < 1) continue;
+        attend_one(q + (s * num_heads + head0) * head_dim, key + h * num_slots * head_dim,
+                   value + h * num_slots * head_dim, block_tables + s * max_blocks, context_lens[s], group,
+                   head_dim, block_size, scale, scratch + omp_get_thread_num() * per_thread,
+                   out + (s * num_heads + head0) * head_dim);
     }
-    return failed;
+    free(scratch);
+    return 0;
 }
