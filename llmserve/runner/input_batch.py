@@ -36,8 +36,9 @@ def build_inputs(scheduled: list[tuple[Request, int]], block_size: int, device: 
             sampled.append(request)
     requests = [r for r, _ in scheduled]
     query_lens = torch.tensor(lengths)
-    context_lens = torch.tensor(starts) + query_lens
-    positions = _positions(torch.tensor(starts), query_lens)
+    start_positions = torch.tensor(starts)
+    context_lens = start_positions + query_lens
+    positions = _positions(start_positions, query_lens)
     block_tables = _block_tables(requests)
     seq_of_token = torch.repeat_interleave(torch.arange(len(requests)), query_lens)
     slots = block_tables[seq_of_token, positions // block_size] * block_size + positions % block_size
@@ -65,11 +66,9 @@ def _positions(starts: torch.Tensor, query_lens: torch.Tensor) -> torch.Tensor:
 
 
 def _block_tables(requests: list[Request]) -> torch.Tensor:
+    # Padded in Python and converted once: one small tensor per request per step adds up.
     width = max(len(r.block_ids) for r in requests)
-    table = torch.zeros(len(requests), width, dtype=torch.long)
-    for row, request in enumerate(requests):
-        table[row, :len(request.block_ids)] = torch.tensor(request.block_ids)
-    return table
+    return torch.tensor([r.block_ids + [0] * (width - len(r.block_ids)) for r in requests], dtype=torch.long)
 
 
 def _group(block_tables: torch.Tensor, query_lens: torch.Tensor, context_lens: torch.Tensor,
