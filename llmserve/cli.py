@@ -1,4 +1,4 @@
-"""`llmserve` command line: generate and chat (serve and bench arrive with their issues)."""
+"""`llmserve` command line: serve, generate and chat."""
 
 from __future__ import annotations
 
@@ -38,12 +38,16 @@ def _sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
     group.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
 
 
+def _engine_kwargs(args: argparse.Namespace) -> dict:
+    return dict(model=args.model, dtype=args.dtype, load_format=args.load_format, max_model_len=args.max_model_len,
+                kv_cache_memory=args.kv_cache_memory, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+                max_num_batched_tokens=args.max_num_batched_tokens, num_threads=args.threads, seed=args.seed)
+
+
 def _make_llm(args: argparse.Namespace):
     from llmserve.llm import LLM
 
-    return LLM(args.model, dtype=args.dtype, load_format=args.load_format, max_model_len=args.max_model_len,
-               kv_cache_memory=args.kv_cache_memory, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-               max_num_batched_tokens=args.max_num_batched_tokens, num_threads=args.threads, seed=args.seed)
+    return LLM(**_engine_kwargs(args))
 
 
 def _params(args: argparse.Namespace) -> SamplingParams:
@@ -122,10 +126,41 @@ def cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": reply})
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from llmserve.model.embedded import EMBEDDED_MODEL_NAME
+    from llmserve.server.app import ServerConfig
+    from llmserve.server.launcher import run_server
+
+    if args.max_queued_requests is not None and args.max_queued_requests < 1:
+        raise ValueError("--max-queued-requests must be at least 1")
+    name = args.served_model_name or args.model or EMBEDDED_MODEL_NAME
+    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
+                          max_queued_requests=args.max_queued_requests, served_model_name=name,
+                          shutdown_timeout=args.shutdown_timeout, warmup=not args.no_warmup,
+                          engine_args=_engine_kwargs(args))
+    return run_server(config, log_level=args.log_level or "INFO")
+
+
+def _serve_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    serve.add_argument("--max-queued-requests", type=int, default=None,
+                       help="answer 429 when this many requests wait for their first token")
+    serve.add_argument("--served-model-name", default=None, help="the model name clients use")
+    serve.add_argument("--shutdown-timeout", type=float, default=30.0,
+                       help="seconds SIGTERM waits for in-flight requests before cutting them off")
+    serve.add_argument("--no-warmup", action="store_true", help="report healthy without a warm-up batch")
+    _engine_args(serve)
+    serve.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmserve", description="LLM inference with llmserve's own engine")
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-level", default=None, help="default: INFO for serve, WARNING otherwise")
     sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
     gen = sub.add_parser("generate", help="complete one prompt and print the text as it streams")
     gen.add_argument("prompt")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
@@ -142,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    default_level = "INFO" if args.command == "serve" else "WARNING"
+    logging.basicConfig(level=(args.log_level or default_level).upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:

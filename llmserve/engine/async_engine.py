@@ -16,7 +16,7 @@ from typing import Any
 
 from llmserve.config import EngineConfig
 from llmserve.engine.engine import LLMEngine, PreparedRequest, Prompt
-from llmserve.engine.outputs import RequestOutput
+from llmserve.engine.outputs import EngineStats, RequestOutput
 from llmserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,21 @@ class AsyncEngine:
     def num_active_requests(self) -> int:
         return len(self._streams)
 
+    @property
+    def is_alive(self) -> bool:
+        return self._dead is None and self._thread.is_alive()
+
+    def stats(self) -> EngineStats:
+        """A snapshot for metrics; read from another thread, so counts may be one step old."""
+        scheduler = self.engine.scheduler
+        return EngineStats(num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
+                           kv_cache_usage=self.engine.block_manager.usage)
+
+    def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+                priority: int = 0) -> PreparedRequest:
+        """Validate and tokenize on the caller's thread; raises ValueError on bad input."""
+        return self.engine.prepare(request_id, prompt, params, priority)
+
     async def generate(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
                        priority: int = 0) -> AsyncIterator[RequestOutput]:
         """Yields one RequestOutput per engine step that touched the request; the last has finished=True.
@@ -74,9 +89,15 @@ class AsyncEngine:
         Raises ValueError for bad input before anything is queued. Leaving the loop early aborts
         the request, and its KV blocks return to the pool at the next step.
         """
+        prepared = self.prepare(request_id, prompt, params, priority)
+        async for output in self.stream(prepared):
+            yield output
+
+    async def stream(self, prepared: PreparedRequest) -> AsyncIterator[RequestOutput]:
+        """generate() for a request already validated with prepare()."""
         if self._dead is not None:
             raise EngineDeadError(f"the engine loop has stopped: {self._dead}")
-        prepared = self.engine.prepare(request_id, prompt, params, priority)
+        request_id = prepared.request_id
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._commands.put(("add", prepared, stream))
         finished = False

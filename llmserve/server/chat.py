@@ -1,0 +1,116 @@
+"""POST /v1/chat/completions: messages rendered with the model's chat template, n choices."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from llmserve.server.errors import bad_request
+from llmserve.server.protocol import ChatCompletionRequest
+from llmserve.server.serving import (
+    RequestLog,
+    Serving,
+    finish_reason,
+    new_id,
+    sse_events,
+    stream_error,
+    usage,
+)
+
+if TYPE_CHECKING:
+    from llmserve.engine.outputs import CompletionOutput
+    from llmserve.runner.sampler import TokenLogprobs
+
+
+def render_prompt(serving: Serving, body: ChatCompletionRequest) -> dict[str, Any]:
+    tokenizer = serving.tokenizer
+    if tokenizer is None:
+        raise bad_request("this model has no tokenizer, so it cannot chat; use /v1/completions with token ids")
+    messages = [m.as_template_message() for m in body.messages]
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
+    except (ValueError, jinja2.TemplateError) as exc:  # e.g. the template's own raise_exception
+        raise bad_request(f"the chat template rejected these messages: {exc}", "messages") from None
+    # The template already wrote BOS and the role markers: adding special tokens would double them.
+    return {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
+
+
+async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, received: float):
+    serving.check_model(body.model)
+    params = body.sampling_params(body.requested_max_tokens, body.num_logprobs)
+    request_id = new_id("chatcmpl")
+    prepared = serving.prepare(request_id, [render_prompt(serving, body)], params, body.priority)
+    log = RequestLog(request_id, received, prompt_tokens=len(prepared[0].prompt_token_ids))
+    shape = _Shape(serving, request_id, int(time.time()))
+    if body.stream:
+        events = _stream(serving, shape, prepared, received, body, log)
+        return StreamingResponse(sse_events(events, log), media_type="text/event-stream")
+    try:
+        (final,) = await serving.final_outputs(prepared, received)
+    except Exception as exc:
+        log.status = getattr(exc, "status", 500)
+        log.emit()
+        raise
+    choices = [{"index": out.index, "message": {"role": "assistant", "content": out.text},
+                "logprobs": shape.logprobs(out.logprobs), "finish_reason": finish_reason(out.finish_reason)}
+               for out in final.outputs]
+    log.completion_tokens = final.num_generated_tokens
+    log.emit()
+    return JSONResponse({**shape.header("chat.completion"), "choices": choices,
+                         "usage": usage(log.prompt_tokens, log.completion_tokens)})
+
+
+class _Shape:
+    def __init__(self, serving: Serving, request_id: str, created: int) -> None:
+        self.serving = serving
+        self.request_id = request_id
+        self.created = created
+
+    def header(self, kind: str = "chat.completion.chunk") -> dict[str, Any]:
+        return {"id": self.request_id, "object": kind, "created": self.created, "model": self.serving.model_name}
+
+    def logprobs(self, entries: list[TokenLogprobs] | None) -> dict[str, Any] | None:
+        if entries is None:
+            return None
+        return {"content": [{**self._token(e.token_id, e.logprob),
+                             "top_logprobs": [self._token(t, lp) for t, lp in e.top]} for e in entries]}
+
+    def _token(self, token_id: int, logprob: float) -> dict[str, Any]:
+        text = self.serving.token_text(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    def delta(self, out: CompletionOutput, final: bool) -> dict[str, Any]:
+        logprobs = None
+        if out.logprobs is not None:
+            logprobs = self.logprobs(out.logprobs[len(out.logprobs) - len(out.delta_token_ids):])
+        return {"index": out.index, "delta": {"content": out.delta_text} if out.delta_text else {},
+                "logprobs": logprobs, "finish_reason": finish_reason(out.finish_reason) if final else None}
+
+
+async def _stream(serving: Serving, shape: _Shape, prepared: list, received: float, body: ChatCompletionRequest,
+                  log: RequestLog) -> AsyncIterator[dict[str, Any]]:
+    # The role comes first, as OpenAI sends it, before any token is generated.
+    yield {**shape.header(), "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                          "logprobs": None, "finish_reason": None} for i in range(body.n)]}
+    ended: set[int] = set()
+    async for _, output in serving.streams(prepared, received):
+        if output.finished and (error := stream_error(output)) is not None:
+            yield error
+            return
+        choices = []
+        for out in output.outputs:
+            if out.index in ended or (not out.delta_text and not out.delta_token_ids and not out.finished):
+                continue
+            if out.finished:
+                ended.add(out.index)
+            choices.append(shape.delta(out, out.finished))
+        if output.finished:
+            log.completion_tokens = output.num_generated_tokens
+        if choices:
+            yield {**shape.header(), "choices": choices}
+    if body.include_usage:
+        yield {**shape.header(), "choices": [], "usage": usage(log.prompt_tokens, log.completion_tokens)}

@@ -1,0 +1,107 @@
+"""POST /v1/completions: one choice per (prompt, n) pair, streamed as SSE or returned whole."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from llmserve.server.errors import bad_request
+from llmserve.server.protocol import CompletionRequest
+from llmserve.server.serving import (
+    RequestLog,
+    Serving,
+    finish_reason,
+    new_id,
+    sse_events,
+    stream_error,
+    usage,
+)
+
+if TYPE_CHECKING:
+    from llmserve.engine.engine import PreparedRequest
+    from llmserve.engine.outputs import CompletionOutput
+    from llmserve.runner.sampler import TokenLogprobs
+
+
+async def create_completion(serving: Serving, body: CompletionRequest, received: float):
+    serving.check_model(body.model)
+    if body.echo:
+        raise bad_request("echo is not supported", "echo")
+    params = body.sampling_params(body.max_tokens, body.logprobs)
+    prompts = [{"prompt_token_ids": p} if isinstance(p, list) else p for p in body.prompts()]
+    request_id = new_id("cmpl")
+    prepared = serving.prepare(request_id, prompts, params, body.priority)
+    log = RequestLog(request_id, received, prompt_tokens=sum(len(p.prompt_token_ids) for p in prepared))
+    shape = _Shape(serving, request_id, int(time.time()), body.n)
+    if body.stream:
+        events = _stream(serving, shape, prepared, received, body.include_usage, log)
+        return StreamingResponse(sse_events(events, log), media_type="text/event-stream")
+    try:
+        finals = await serving.final_outputs(prepared, received)
+    except Exception as exc:
+        log.status = getattr(exc, "status", 500)
+        log.emit()
+        raise
+    choices = [shape.choice(i, out, out.text, out.logprobs) for i, final in enumerate(finals) for out in final.outputs]
+    log.completion_tokens = sum(len(o.token_ids) for f in finals for o in f.outputs)
+    log.emit()
+    return JSONResponse({**shape.header(), "choices": choices,
+                         "usage": usage(log.prompt_tokens, log.completion_tokens)})
+
+
+class _Shape:
+    """Builds response objects for one request."""
+
+    def __init__(self, serving: Serving, request_id: str, created: int, n: int) -> None:
+        self.serving = serving
+        self.request_id = request_id
+        self.created = created
+        self.n = n
+
+    def header(self) -> dict[str, Any]:
+        return {"id": self.request_id, "object": "text_completion", "created": self.created,
+                "model": self.serving.model_name}
+
+    def choice(self, prompt_index: int, out: CompletionOutput, text: str,
+               logprobs: list[TokenLogprobs] | None, final: bool = True) -> dict[str, Any]:
+        return {"index": prompt_index * self.n + out.index, "text": text,
+                "logprobs": None if logprobs is None else self.logprobs(logprobs),
+                "finish_reason": finish_reason(out.finish_reason) if final else None}
+
+    def logprobs(self, entries: list[TokenLogprobs]) -> dict[str, Any]:
+        text = self.serving.token_text
+        tokens = [text(e.token_id) for e in entries]
+        offsets, offset = [], 0
+        for token in tokens:
+            offsets.append(offset)
+            offset += len(token)
+        return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [{text(t): lp for t, lp in e.top} for e in entries], "text_offset": offsets}
+
+
+async def _stream(serving: Serving, shape: _Shape, prepared: list[PreparedRequest], received: float,
+                  include_usage: bool, log: RequestLog) -> AsyncIterator[dict[str, Any]]:
+    ended: set[tuple[int, int]] = set()  # choices whose finish_reason was sent
+    async for index, output in serving.streams(prepared, received):
+        error = stream_error(output) if output.finished else None
+        if error is not None:
+            yield error
+            return
+        choices = []
+        for out in output.outputs:
+            if (index, out.index) in ended or (not out.delta_text and not out.delta_token_ids and not out.finished):
+                continue
+            if out.finished:
+                ended.add((index, out.index))
+            logprobs = out.logprobs[len(out.logprobs) - len(out.delta_token_ids):] if out.logprobs is not None \
+                else None
+            choices.append(shape.choice(index, out, out.delta_text, logprobs, final=out.finished))
+        if output.finished:
+            log.completion_tokens += output.num_generated_tokens
+        if choices:
+            yield {**shape.header(), "choices": choices}
+    if include_usage:
+        yield {**shape.header(), "choices": [], "usage": usage(log.prompt_tokens, log.completion_tokens)}

@@ -1,0 +1,97 @@
+"""Prometheus metrics in vLLM's naming under an `llmserve:` prefix, each labelled with model_name.
+
+Per-request figures are recorded once, when a request ends (`RequestRecord`); engine gauges are
+read at scrape time so they are never stale. Each server owns its registry: no module globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from llmserve.engine.outputs import EngineStats
+
+PREFIX = "llmserve:"
+# Buckets as vLLM uses them: fine below a second, where interactive latency lives.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                   240.0, 480.0)
+
+
+@dataclass
+class RequestRecord:
+    """What one finished request contributes to the metrics."""
+
+    prompt_tokens: int
+    generation_tokens: int
+    finish_reason: str | None  # stop | length | abort | error
+    e2e_latency: float
+    ttft: float | None = None
+    queue_time: float | None = None
+    inter_token_latencies: list[float] = field(default_factory=list)
+
+
+class _EngineGauges(Collector):
+    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None]) -> None:
+        self.model_name = model_name
+        self.stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self.stats() or EngineStats(0, 0, 0.0)
+        for name, doc, value in (
+            ("num_requests_running", "Requests in the running batch.", stats.num_running),
+            ("num_requests_waiting", "Requests waiting to be scheduled.", stats.num_waiting),
+            ("kv_cache_usage_perc", "Fraction of KV cache blocks in use (1 = full).", stats.kv_cache_usage),
+        ):
+            gauge = GaugeMetricFamily(PREFIX + name, doc, labels=["model_name"])
+            gauge.add_metric([self.model_name], float(value))
+            yield gauge
+
+
+class ServerMetrics:
+    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None]) -> None:
+        self.model_name = model_name
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["model_name"]
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(PREFIX + name, doc, labels, buckets=buckets, registry=self.registry)
+
+        self.ttft = histogram("time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+        self.itl = histogram("inter_token_latency_seconds", "Time between consecutive output tokens.",
+                             ITL_BUCKETS)
+        self.e2e = histogram("e2e_request_latency_seconds", "End-to-end request latency.", REQUEST_BUCKETS)
+        self.queue = histogram("request_queue_time_seconds", "Time a request waited before it was first scheduled.",
+                               REQUEST_BUCKETS)
+        self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens processed.", labels,
+                                     registry=self.registry)
+        self.generation_tokens = Counter(PREFIX + "generation_tokens", "Tokens generated.", labels,
+                                         registry=self.registry)
+        self.success = Counter(PREFIX + "request_success", "Finished requests by finish reason.",
+                               labels + ["finished_reason"], registry=self.registry)
+        self.registry.register(_EngineGauges(model_name, stats))
+
+    def record(self, record: RequestRecord) -> None:
+        name = self.model_name
+        self.prompt_tokens.labels(name).inc(record.prompt_tokens)
+        self.generation_tokens.labels(name).inc(record.generation_tokens)
+        self.e2e.labels(name).observe(record.e2e_latency)
+        if record.ttft is not None:
+            self.ttft.labels(name).observe(record.ttft)
+        if record.queue_time is not None:
+            self.queue.labels(name).observe(record.queue_time)
+        itl = self.itl.labels(name)
+        for gap in record.inter_token_latencies:
+            itl.observe(gap)
+        if record.finish_reason in ("stop", "length", "abort", "error"):
+            self.success.labels(name, record.finish_reason).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

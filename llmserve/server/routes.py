@@ -1,0 +1,108 @@
+"""HTTP routes. Bodies are parsed here, after the admission check, so a full queue costs nothing."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import TYPE_CHECKING, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+
+import llmserve
+from llmserve.server.chat import create_chat_completion
+from llmserve.server.completions import create_completion
+from llmserve.server.errors import APIError, from_validation_error, parse_json
+from llmserve.server.protocol import ChatCompletionRequest, CompletionRequest
+
+if TYPE_CHECKING:
+    from llmserve.server.app import ServerState
+    from llmserve.server.serving import Serving
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+def require_api_key(request: Request) -> None:
+    expected = server_state(request).config.api_key
+    if expected is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise APIError(401, "invalid or missing API key; send 'Authorization: Bearer <key>'",
+                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+router = APIRouter()
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    state = server_state(request)
+    if state.ready and state.engine is not None and state.engine.is_alive:
+        return Response(status_code=200)
+    reason = state.load_error or ("the engine has stopped" if state.ready else "the model is loading")
+    return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+
+
+@router.get("/version")
+async def version() -> dict[str, str]:
+    return {"version": llmserve.__version__}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    body, content_type = server_state(request).metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@v1.get("/models")
+async def models(request: Request) -> dict:
+    state = server_state(request)
+    card = {"id": state.config.served_model_name, "object": "model", "created": int(state.started),
+            "owned_by": "llmserve"}
+    if state.engine is not None:
+        card["max_model_len"] = state.engine.engine.max_model_len
+    return {"object": "list", "data": [card]}
+
+
+@v1.post("/completions")
+async def completions(request: Request) -> Response:
+    serving, received = _admit(request)
+    body = await _parse(request, CompletionRequest)
+    return await create_completion(serving, body, received)
+
+
+@v1.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    serving, received = _admit(request)
+    body = await _parse(request, ChatCompletionRequest)
+    return await create_chat_completion(serving, body, received)
+
+
+def _admit(request: Request) -> tuple[Serving, float]:
+    """Refuse at once, before reading the body, when the server cannot take the request."""
+    received = time.monotonic()
+    state = server_state(request)
+    if not state.ready or state.serving is None:
+        raise APIError(503, "the model is still loading; retry shortly", code="loading",
+                       headers={"Retry-After": "1"})
+    state.admission.check()
+    return state.serving, received
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def _parse(request: Request, model: type[Body]) -> Body:
+    raw = await request.body()
+    try:
+        return model.model_validate(parse_json(raw))
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+router.include_router(v1)

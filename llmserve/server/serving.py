@@ -1,0 +1,141 @@
+"""What both OpenAI endpoints share: model check, prompt preparation, streams, SSE and usage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llmserve.server.errors import APIError, bad_request, error_body
+from llmserve.server.metrics import ServerMetrics
+from llmserve.server.streams import Admission, merge, tracked_stream
+
+if TYPE_CHECKING:
+    from llmserve.engine.async_engine import AsyncEngine
+    from llmserve.engine.engine import PreparedRequest, Prompt
+    from llmserve.engine.outputs import RequestOutput
+    from llmserve.sampling_params import SamplingParams
+
+logger = logging.getLogger("llmserve.server")
+
+
+def sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+SSE_DONE = sse("[DONE]")
+
+
+@dataclass
+class RequestLog:
+    """The one log line each HTTP request gets when it ends."""
+
+    request_id: str
+    received: float
+    status: int | str = 200
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def emit(self) -> None:
+        logger.info("%s %s prompt_tokens=%d completion_tokens=%d latency=%.3fs", self.request_id, self.status,
+                    self.prompt_tokens, self.completion_tokens, time.monotonic() - self.received)
+
+
+class Serving:
+    def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics, admission: Admission) -> None:
+        self.engine = engine
+        self.model_name = model_name
+        self.metrics = metrics
+        self.admission = admission
+        self.tokenizer = engine.tokenizer
+
+    def check_model(self, requested: str | None) -> None:
+        if requested is not None and requested != self.model_name:
+            raise APIError(404, f"the model {requested!r} does not exist; this server serves {self.model_name!r}",
+                           param="model", code="model_not_found")
+
+    def prepare(self, request_id: str, prompts: Iterable[Prompt], params: SamplingParams,
+                priority: int) -> list[PreparedRequest]:
+        """Tokenize and validate every prompt before any reaches the engine: all or nothing."""
+        prepared = []
+        for index, prompt in enumerate(prompts):
+            try:
+                prepared.append(self.engine.prepare(f"{request_id}-{index}", prompt, params, priority))
+            except ValueError as exc:
+                raise bad_request(str(exc), "prompt") from None
+        return prepared
+
+    def streams(self, prepared: list[PreparedRequest], received: float) -> AsyncIterator[tuple[int, RequestOutput]]:
+        return merge([tracked_stream(self.engine, p, self.admission, self.metrics, received) for p in prepared])
+
+    async def final_outputs(self, prepared: list[PreparedRequest], received: float) -> list[RequestOutput]:
+        """Runs every prompt to the end; an engine failure of any becomes a 500."""
+        finals: list[RequestOutput | None] = [None] * len(prepared)
+        async for index, output in self.streams(prepared, received):
+            finals[index] = output
+        for output in finals:
+            raise_if_failed(output)
+        return finals  # type: ignore[return-value]
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False) if self.tokenizer else str(token_id)
+
+
+def raise_if_failed(output: RequestOutput | None) -> None:
+    if output is None or not output.finished:
+        raise APIError(503, "the request was cut short: the server is shutting down")
+    if output.error:
+        raise APIError(500, f"the request failed inside the engine: {output.error}", code="engine_error")
+    if any(o.finish_reason == "abort" for o in output.outputs):
+        raise APIError(503, "the request was aborted: the server is shutting down")
+
+
+def stream_error(output: RequestOutput) -> dict[str, Any] | None:
+    """The SSE error event for a stream whose engine request failed, or None if it did not."""
+    try:
+        raise_if_failed(output)
+    except APIError as exc:
+        return exc.body()
+    return None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def finish_reason(reason: str | None) -> str | None:
+    return reason if reason in (None, "stop", "length") else "stop"
+
+
+async def sse_events(events: AsyncIterator[dict[str, Any]], log: RequestLog) -> AsyncIterator[str]:
+    """Frames chunks as SSE and ends with [DONE]; logs the request however the stream ends."""
+    log.status = "disconnected"
+    try:
+        async for event in events:
+            if "error" in event:
+                log.status = event["error"].get("code") or "error"
+            yield sse(event)
+        yield SSE_DONE
+        if log.status == "disconnected":
+            log.status = 200
+    except APIError as exc:
+        log.status = exc.status
+        yield sse(exc.body())
+        yield SSE_DONE
+    except Exception:  # headers are sent: the error can only travel in the stream
+        logger.exception("stream %s failed", log.request_id)
+        log.status = 500
+        yield sse(error_body(500, "internal server error"))
+        yield SSE_DONE
+    finally:
+        log.emit()

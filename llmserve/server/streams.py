@@ -1,0 +1,132 @@
+"""Engine streams as the server sees them: admission counting, per-request metrics, and merging.
+
+One HTTP request may fan out to several engine requests (a list of prompts); `merge` interleaves
+their outputs and, when the consumer stops early (a client disconnect), aborts every one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llmserve.server.errors import APIError
+from llmserve.server.metrics import RequestRecord, ServerMetrics
+
+if TYPE_CHECKING:
+    from llmserve.engine.async_engine import AsyncEngine
+    from llmserve.engine.engine import PreparedRequest
+    from llmserve.engine.outputs import RequestOutput
+
+
+@dataclass
+class Admission:
+    """Counts engine requests that have not produced a first token yet: the server's queue."""
+
+    max_queued: int | None
+    queued: int = 0
+
+    def check(self, retry_after_s: int = 1) -> None:
+        if self.max_queued is not None and self.queued >= self.max_queued:
+            raise APIError(429, f"the server's queue is full ({self.queued} requests waiting); retry later",
+                           code="queue_full", headers={"Retry-After": str(retry_after_s)})
+
+
+@dataclass
+class _Progress:
+    received: float
+    first_token: float | None = None
+    last_token: float | None = None
+    last: RequestOutput | None = None
+
+    def saw(self, output: RequestOutput, now: float, gaps: list[float]) -> None:
+        self.last = output
+        if not any(o.delta_token_ids for o in output.outputs):
+            return
+        if self.first_token is None:
+            self.first_token = now
+        else:
+            gaps.append(now - self.last_token)
+        self.last_token = now
+
+
+async def tracked_stream(engine: AsyncEngine, prepared: PreparedRequest, admission: Admission,
+                         metrics: ServerMetrics, received: float) -> AsyncIterator[RequestOutput]:
+    """engine.stream() plus the bookkeeping: leaves the queue at its first token, records metrics at the end."""
+    progress = _Progress(received)
+    gaps: list[float] = []
+    admission.queued += 1
+    try:
+        async for output in engine.stream(prepared):
+            was_queued = progress.first_token is None
+            progress.saw(output, time.monotonic(), gaps)
+            if was_queued and progress.first_token is not None:
+                admission.queued -= 1
+            yield output
+    finally:
+        if progress.first_token is None:
+            admission.queued -= 1
+        metrics.record(_record(prepared, progress, gaps))
+
+
+def _record(prepared: PreparedRequest, progress: _Progress, gaps: list[float]) -> RequestRecord:
+    last = progress.last
+    reason = "abort"  # the stream ended before the engine finished it: a disconnect
+    generated = 0
+    queue_time = None
+    if last is not None:
+        generated = last.num_generated_tokens
+        if last.finished:
+            reason = "error" if last.error else _overall_reason(last)
+        m = last.metrics
+        if m is not None and m.first_scheduled_time is not None:
+            queue_time = max(0.0, m.first_scheduled_time - m.arrival_time)
+    ttft = None if progress.first_token is None else progress.first_token - progress.received
+    return RequestRecord(prompt_tokens=len(prepared.prompt_token_ids), generation_tokens=generated,
+                         finish_reason=reason, e2e_latency=time.monotonic() - progress.received, ttft=ttft,
+                         queue_time=queue_time, inter_token_latencies=gaps)
+
+
+def _overall_reason(output: RequestOutput) -> str:
+    reasons = {o.finish_reason for o in output.outputs}
+    return "length" if reasons == {"length"} else next(r for r in ("error", "abort", "stop", "length")
+                                                       if r in reasons)
+
+
+_DONE = object()
+
+
+async def merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Yields (stream index, output) as outputs arrive; closing this early cancels every stream."""
+    if len(streams) == 1:
+        async for output in streams[0]:
+            yield 0, output
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for output in stream:
+                queue.put_nowait((index, output))
+        except Exception as exc:  # handed to the consumer, which raises it
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(_DONE)
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            item = await queue.get()
+            if item is _DONE:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

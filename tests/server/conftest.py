@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+
+from llmserve.engine.async_engine import AsyncEngine
+from llmserve.server.app import ServerConfig
+from tests.server.live_server import MODEL_NAME, live_server
+from tests.tiny_models import save_tiny_chat_model
+
+NUM_BLOCKS = 256
+BLOCK_SIZE = 16
+MAX_MODEL_LEN = 512
+
+
+@pytest.fixture(scope="session")
+def chat_model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-chat")
+    save_tiny_chat_model(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def engine(chat_model_path):
+    eng = AsyncEngine.from_args(str(chat_model_path), max_model_len=MAX_MODEL_LEN, block_size=BLOCK_SIZE,
+                                num_kv_blocks=NUM_BLOCKS, max_num_seqs=64)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    with live_server(engine, ServerConfig(served_model_name=MODEL_NAME)) as live:
+        yield live
