@@ -192,13 +192,17 @@ class LLMEngine:
         for request, num_new in plan.scheduled:
             request.num_computed_tokens += num_new
         touched = {r.parent_id for r, _ in plan.scheduled}
+        failed: list[RequestOutput] = []
         for token in sampled:
+            if token.request.is_finished:  # a sibling failed earlier in this loop and ended it
+                continue
             try:
                 self._append(token)
             except Exception as exc:  # e.g. a detokenizer failure: fail this request alone
                 logger.exception("request %s failed", token.request.request_id)
-                self._fail([(token.request, 0)], f"internal error: {exc}")
-        return [out for pid in touched if (out := self._collect(pid)) is not None]
+                failed += self._fail([(token.request, 0)], f"internal error: {exc}")
+        # A failed parent was collected (and forgotten) by _fail; the others are collected now.
+        return failed + [out for pid in touched if pid in self._requests and (out := self._collect(pid)) is not None]
 
     def _append(self, token: SampledToken) -> None:
         request, token_id = token.request, token.token_id

@@ -72,6 +72,31 @@ def test_failure_inside_a_step_fails_only_those_requests(llm, monkeypatch):
     _healthy(llm)
 
 
+def test_failure_while_updating_one_request_spares_its_batch_mates(llm, monkeypatch):
+    engine = llm.engine
+    original = engine._stop_status
+
+    def flaky(request, token_id):
+        if 77 in request.prompt_token_ids:
+            raise RuntimeError("simulated detokenizer failure")
+        return original(request, token_id)
+
+    monkeypatch.setattr(engine, "_stop_status", flaky)
+    params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True, n=2)
+    engine.add_request("bad", {"prompt_token_ids": [3, 77, 5]}, params)
+    engine.add_request("good", {"prompt_token_ids": [3, 4, 5]}, params)
+    finals = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finals[out.request_id] = out
+    assert "simulated detokenizer failure" in finals["bad"].error
+    assert finals["good"].error is None
+    assert [len(o.token_ids) for o in finals["good"].outputs] == [5, 5]
+    monkeypatch.undo()
+    _healthy(llm)
+
+
 def test_missing_and_corrupt_model_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         LLM(str(tmp_path / "nope"))

@@ -1,0 +1,136 @@
+"""Latency and throughput figures from a run's RequestResults.
+
+TTFT: first text chunk - send. TPOT: (E2EL - TTFT) / (output_tokens - 1), per request with more
+than one token. ITL: every gap between consecutive text chunks, pooled over requests. E2EL: end
+(the '[DONE]' line) - send. Only successful requests count; failures are tallied by status.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from llmserve.bench.client import RequestResult
+
+METRICS = ("ttft", "tpot", "itl", "e2el")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation between order statistics, as numpy's default."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {q}")
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    lo = math.floor(position)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (position - lo)
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Seconds. All NaN when there were no samples."""
+
+    count: int
+    mean: float
+    median: float
+    p90: float
+    p95: float
+    p99: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Percentiles:
+        mean = statistics.fmean(values) if values else math.nan
+        return cls(len(values), mean, percentile(values, 50), percentile(values, 90), percentile(values, 95),
+                   percentile(values, 99))
+
+
+@dataclass(frozen=True)
+class Summary:
+    completed: int
+    failed: int
+    # "429", "500", ...; "no response" (refused, dropped before headers); "stream" (200, then a broken stream)
+    errors_by_status: dict[str, int]
+    duration_s: float
+    prompt_tokens: int
+    output_tokens: int
+    request_throughput: float  # completed requests / s
+    output_throughput: float  # output tokens / s
+    total_token_throughput: float  # (prompt + output) tokens / s
+    ttft: Percentiles
+    tpot: Percentiles
+    itl: Percentiles
+    e2el: Percentiles
+    first_errors: list[str] = field(default_factory=list)  # a few messages, to say why without a log
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        """A fixed-width text table, milliseconds for latencies."""
+        lines = [f"requests: {self.completed} completed, {self.failed} failed"
+                 + (f" {self.errors_by_status}" if self.errors_by_status else "")
+                 + f" in {self.duration_s:.2f} s",
+                 f"throughput: {self.request_throughput:.2f} req/s, {self.output_throughput:.1f} output tok/s, "
+                 f"{self.total_token_throughput:.1f} total tok/s",
+                 f"{'ms':<6}{'mean':>10}{'median':>10}{'p90':>10}{'p95':>10}{'p99':>10}"]
+        for name in METRICS:
+            p: Percentiles = getattr(self, name)
+            cells = "".join(f"{v * 1000:>10.1f}" for v in (p.mean, p.median, p.p90, p.p95, p.p99))
+            lines.append(f"{name.upper():<6}{cells}")
+        lines += [f"error: {e}" for e in self.first_errors]
+        return "\n".join(lines)
+
+
+def wall_duration(results: Sequence[RequestResult]) -> float:
+    """From the first send to the last end, over all requests, failed ones included."""
+    if not results:
+        return 0.0
+    return max(r.end_time for r in results) - min(r.send_time for r in results)
+
+
+def request_ttft(r: RequestResult) -> float | None:
+    return None if r.first_token_time is None else r.first_token_time - r.send_time
+
+
+def request_tpot(r: RequestResult) -> float | None:
+    ttft = request_ttft(r)
+    if ttft is None or r.output_tokens <= 1:
+        return None
+    return (r.end_time - r.send_time - ttft) / (r.output_tokens - 1)
+
+
+def request_itls(r: RequestResult) -> list[float]:
+    return [b - a for a, b in zip(r.chunk_times, r.chunk_times[1:], strict=False)]
+
+
+def summarize(results: Sequence[RequestResult], duration_s: float, max_error_messages: int = 3) -> Summary:
+    done = [r for r in results if r.ok]
+    failed = [r for r in results if not r.ok]
+    ttfts = [t for r in done if (t := request_ttft(r)) is not None]
+    tpots = [t for r in done if (t := request_tpot(r)) is not None]
+    itls = [gap for r in done for gap in request_itls(r)]
+    prompt_tokens = sum(r.prompt_tokens for r in done)
+    output_tokens = sum(r.output_tokens for r in done)
+    per_s = 1 / duration_s if duration_s > 0 else math.nan
+    return Summary(
+        completed=len(done), failed=len(failed),
+        errors_by_status=dict(Counter(_error_kind(r) for r in failed)),
+        duration_s=duration_s, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+        request_throughput=len(done) * per_s, output_throughput=output_tokens * per_s,
+        total_token_throughput=(prompt_tokens + output_tokens) * per_s,
+        ttft=Percentiles.of(ttfts), tpot=Percentiles.of(tpots), itl=Percentiles.of(itls),
+        e2el=Percentiles.of([r.end_time - r.send_time for r in done]),
+        first_errors=[r.error for r in failed[:max_error_messages]],
+    )
+
+
+def _error_kind(r: RequestResult) -> str:
+    if r.status is None:
+        return "no response"
+    return "stream" if r.status == 200 else str(r.status)

@@ -1,0 +1,56 @@
+"""/metrics moves by exactly what known requests contribute."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.server.live_server import MODEL_NAME, scrape
+
+LABEL = f'model_name="{MODEL_NAME}"'
+
+
+def series(name: str, extra: str = "") -> str:
+    labels = sorted([LABEL, extra] if extra else [LABEL])  # the exposition sorts labels by name
+    return f"llmserve:{name}{{{','.join(labels)}}}"
+
+
+def test_metrics_move_by_known_amounts(server):
+    before = scrape(server.url)
+    url = server.base_url + "/completions"
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    for prompt, max_tokens in zip(prompts, (4, 6), strict=True):
+        resp = httpx.post(url, json={"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens,
+                                     "ignore_eos": True}, timeout=30)
+        assert resp.status_code == 200
+    with httpx.stream("POST", url, json={"model": MODEL_NAME, "prompt": [5, 6], "max_tokens": 5, "stream": True,
+                                         "ignore_eos": True}, timeout=30) as resp:
+        assert [line for line in resp.iter_lines() if line][-1] == "data: [DONE]"
+    after = scrape(server.url)
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta(series("prompt_tokens_total")) == 3 + 5 + 2
+    assert delta(series("generation_tokens_total")) == 4 + 6 + 5
+    assert delta(series("request_success_total", 'finished_reason="length"')) == 3
+    for histogram in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds"):
+        assert delta(series(f"{histogram}_count")) == 3, histogram
+        assert delta(series(f"{histogram}_sum")) > 0, histogram
+    # One gap between each pair of consecutive tokens: (4-1) + (6-1) + (5-1).
+    assert delta(series("inter_token_latency_seconds_count")) == 12
+    assert after[series("num_requests_running")] == 0
+    assert after[series("num_requests_waiting")] == 0
+    assert after[series("kv_cache_usage_perc")] == 0
+
+
+def test_metrics_text_is_prometheus_exposition(server):
+    resp = httpx.get(server.url + "/metrics")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    text = resp.text
+    for name in ("time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_request_latency_seconds",
+                 "request_queue_time_seconds"):
+        assert f"# TYPE llmserve:{name} histogram" in text
+    for name in ("prompt_tokens", "generation_tokens", "request_success"):
+        assert f"# TYPE llmserve:{name}_total counter" in text
+    for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"):
+        assert f"# TYPE llmserve:{name} gauge" in text
