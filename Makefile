@@ -1,4 +1,4 @@
-# `make run` serves the embedded model, `make test` runs the suite; both set everything up first.
+# `make run` serves the embedded model over HTTP, `make test` runs the suite; both set everything up first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/llmserve chat
+	$(VENV)/bin/llmserve serve
 
-chat: run
+chat: setup
+	$(VENV)/bin/llmserve chat
 
 lint: setup
 	$(PY) -m ruff check llmserve tests benchmarks

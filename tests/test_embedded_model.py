@@ -32,7 +32,7 @@ def _conversation(text: str) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def llm() -> LLM:
-    return LLM(num_threads=THREADS)
+    return LLM(dtype="float32", num_threads=THREADS)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ import torch
 from gguf import GGMLQuantizationType as QType
 from gguf import GGUFValueType
 
+from llmserve.model.llama import fused_shard
+
 if TYPE_CHECKING:
     from llmserve.model.tokenizer import Tokenizer
 
@@ -114,15 +116,23 @@ class GGUFCheckpoint:
     metadata: dict[str, Any] = field(repr=False)
     _reader: gguf.GGUFReader = field(repr=False)
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        jobs = [job for tensor in self._reader.tensors if (job := self._job(tensor)) is not None]
+    def tensors(self, fuse: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        """HF-named tensors; with `fuse`, q/k/v and gate/up come already fused under our fused names."""
+        groups: dict[str, list[tuple[int, tuple]]] = {}
+        for tensor in self._reader.tensors:
+            job = self._job(tensor)
+            if job is None:
+                continue
+            fused = fused_shard(job[0]) if fuse else None
+            name, shard = fused if fused else (job[0], 0)
+            groups.setdefault(name, []).append((shard, job))
         # Tensors are independent: dequantize them on a worker per core, each op single-threaded
         # (see _one_thread). Most of the time goes to first-touch page faults on the new fp32
-        # buffers, which the kernel also serves faster from several threads.
+        # buffers, which the kernel also serves faster from several threads; fusing on the
+        # workers too keeps that second copy off the loading thread.
         with _one_thread(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            weights = pool.map(lambda job: dequantize(*job[1:]), jobs)
-            for (name, *_), weight in zip(jobs, weights, strict=True):
-                yield name, weight
+            weights = pool.map(_dequantize_group, groups.values())
+            yield from zip(groups, weights, strict=True)
 
     def _job(self, tensor: Any) -> tuple[str, np.ndarray, int, tuple[int, ...]] | None:
         name = hf_tensor_name(tensor.name)
@@ -135,6 +145,12 @@ class GGUFCheckpoint:
             heads = self.config["num_attention_heads" if ".attn_q." in tensor.name else "num_key_value_heads"]
             raw = raw[_unpermute_rows(shape[0], heads)]
         return name, raw, tensor.tensor_type, shape
+
+
+def _dequantize_group(parts: list[tuple[int, tuple]]) -> torch.Tensor:
+    if len(parts) == 1:
+        return dequantize(*parts[0][1][1:])
+    return torch.cat([dequantize(*job[1:]) for _, job in sorted(parts, key=lambda part: part[0])])
 
 
 def read_gguf(path: str | Path) -> GGUFCheckpoint:

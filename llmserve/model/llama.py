@@ -108,7 +108,9 @@ class LlamaForCausalLM(nn.Module):
 
     def _assemble(self, name: str, param: torch.Tensor, parts: dict[int | None, torch.Tensor]) -> torch.Tensor:
         module = self.get_submodule(name.rsplit(".", 1)[0])
-        if isinstance(module, MergedLinear):
+        if isinstance(module, MergedLinear) and None in parts:
+            tensor = parts[None]  # the checkpoint reader fused the shards already
+        elif isinstance(module, MergedLinear):
             missing = [i for i in range(len(module.out_sizes)) if i not in parts]
             if missing:
                 raise ValueError(f"checkpoint is missing shard {missing[0]} of {name}")
@@ -127,12 +129,18 @@ _FUSED = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_
 _FUSED_RE = re.compile(r"(.*)\.(q_proj|k_proj|v_proj|gate_proj|up_proj)\.(weight|bias)$")
 
 
+def fused_shard(hf_name: str) -> tuple[str, int] | None:
+    """('…qkv_proj.weight', 1) for an HF '…k_proj.weight': the fused tensor a shard belongs to and
+    its place in it. Checkpoint readers may fuse shards themselves and hand over the fused name."""
+    match = _FUSED_RE.match(hf_name)
+    if match is None:
+        return None
+    fused, shard = _FUSED[match.group(2)]
+    return f"{match.group(1)}.{fused}.{match.group(3)}", shard
+
+
 def _map_hf_name(hf_name: str) -> tuple[str, int | None] | None:
     if "rotary_emb" in hf_name:
         return None
     name = hf_name.removeprefix("model.")
-    match = _FUSED_RE.match(name)
-    if match:
-        fused, shard = _FUSED[match.group(2)]
-        return f"{match.group(1)}.{fused}.{match.group(3)}", shard
-    return name, None
+    return fused_shard(name) or (name, None)

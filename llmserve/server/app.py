@@ -123,8 +123,9 @@ async def warm_up(engine: AsyncEngine) -> None:
     if engine.tokenizer is not None and engine.tokenizer.chat_template:
         engine.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
     vocab = engine.engine.model_config.vocab_size
-    plans = [(48, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)),
-             (12, SamplingParams(temperature=0.8, top_p=0.9, top_k=40, max_tokens=8, ignore_eos=True, seed=0,
+    # Three tokens each: a prefill and two decode steps, enough to touch every path once.
+    plans = [(48, SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)),
+             (12, SamplingParams(temperature=0.8, top_p=0.9, top_k=40, max_tokens=3, ignore_eos=True, seed=0,
                                  logprobs=2, repetition_penalty=1.1))]
 
     async def run(index: int, length: int, params: SamplingParams) -> None:

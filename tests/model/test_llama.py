@@ -43,7 +43,7 @@ def test_chunked_prefill_logits_match(tiny):
 
 def test_greedy_generation_matches_transformers(tiny):
     _, folder, hf_model = tiny
-    llm = LLM(str(folder), num_kv_blocks=64, max_model_len=512)
+    llm = LLM(str(folder), dtype="float32", num_kv_blocks=64, max_model_len=512)
     params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
     outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)
     for ids, out in zip(PROMPTS, outputs, strict=True):

@@ -65,3 +65,15 @@ def test_unknown_dtype_and_load_format(folder):
         LLM(str(folder), dtype="float8")
     with pytest.raises(ValueError, match="load_format"):
         LLM(str(folder), load_format="pickle")
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_has_amx(monkeypatch):
+    import torch
+
+    from llmserve.model import loader
+
+    monkeypatch.setattr(loader, "cpu_has_amx_bf16", lambda: True)
+    assert loader.resolve_dtype("auto") == torch.bfloat16
+    monkeypatch.setattr(loader, "cpu_has_amx_bf16", lambda: False)
+    assert loader.resolve_dtype("auto") == torch.float32
+    assert loader.resolve_dtype("float32") == torch.float32
