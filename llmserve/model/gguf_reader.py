@@ -116,8 +116,9 @@ class GGUFCheckpoint:
     metadata: dict[str, Any] = field(repr=False)
     _reader: gguf.GGUFReader = field(repr=False)
 
-    def tensors(self, fuse: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-        """HF-named tensors; with `fuse`, q/k/v and gate/up come already fused under our fused names."""
+    def tensors(self, fuse: bool = False, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+        """HF-named tensors in `dtype`; with `fuse`, q/k/v and gate/up come already fused under our
+        fused names. Both happen on the dequantizing workers, in parallel."""
         groups: dict[str, list[tuple[int, tuple]]] = {}
         for tensor in self._reader.tensors:
             job = self._job(tensor)
@@ -131,7 +132,7 @@ class GGUFCheckpoint:
         # buffers, which the kernel also serves faster from several threads; fusing on the
         # workers too keeps that second copy off the loading thread.
         with _one_thread(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            weights = pool.map(_dequantize_group, groups.values())
+            weights = pool.map(lambda parts: _dequantize_group(parts).to(dtype), groups.values())
             yield from zip(groups, weights, strict=True)
 
     def _job(self, tensor: Any) -> tuple[str, np.ndarray, int, tuple[int, ...]] | None:

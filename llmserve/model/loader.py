@@ -83,7 +83,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, max_model_len: int, device: str) 
     if tokenizer.eos_token_ids and not config.eos_token_ids:
         config = replace(config, eos_token_ids=tuple(tokenizer.eos_token_ids))
     net = _build(config, max_model_len, device)
-    net.load_weights(checkpoint.tensors(fuse=True), dtype, device)
+    net.load_weights(checkpoint.tensors(fuse=True, dtype=dtype), dtype, device)
     return LoadedModel(net.eval(), config, tokenizer, path)
 
 
