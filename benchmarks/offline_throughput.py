@@ -1,8 +1,9 @@
 """Offline throughput: llmserve's continuous batching vs. transformers' static-batch `generate`.
 
 Both run the same seeded workload of random token prompts with greedy decoding and a fixed
-output length per request (EOS ignored), fp32, on all cores. Also measured: our batch-1 decode
-speed against the memory-bandwidth roofline, and peak RSS.
+output length per request (EOS ignored), at one precision for both (fp32 unless --dtype says
+otherwise), on all cores. Also measured: our batch-1 decode speed against the memory-bandwidth
+roofline, and peak RSS.
 
     python benchmarks/offline_throughput.py [--num-requests 64] [--input-len 32:512] [--output-len 32:256]
 """
@@ -70,7 +71,7 @@ class RunResult:
 
 def load_ours(args: argparse.Namespace, threads: int) -> tuple[LLM, float]:
     start = time.perf_counter()
-    llm = LLM(model=None, dtype="float32", max_num_seqs=args.max_num_seqs,
+    llm = LLM(model=None, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
               max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
               num_threads=threads, seed=args.seed)
     return llm, time.perf_counter() - start
@@ -141,7 +142,7 @@ def decode_bytes_per_step(llm: LLM) -> dict[str, Any]:
 
 # --- transformers baseline ------------------------------------------------------------------
 
-def load_hf() -> tuple[LlamaForCausalLM, float]:
+def load_hf(dtype: str = "float32") -> tuple[LlamaForCausalLM, float]:
     import transformers
 
     from llmserve.model.embedded import embedded_model_path
@@ -150,7 +151,7 @@ def load_hf() -> tuple[LlamaForCausalLM, float]:
     start = time.perf_counter()
     checkpoint = read_gguf(embedded_model_path())
     config = transformers.LlamaConfig(**checkpoint.config)
-    model = transformers.LlamaForCausalLM(config).to(torch.float32).eval()
+    model = transformers.LlamaForCausalLM(config).to(getattr(torch, dtype)).eval()
     missing, unexpected = model.load_state_dict(dict(checkpoint.tensors()), strict=False)
     allowed = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - allowed or unexpected:
@@ -229,6 +230,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
     p.add_argument("--kv-cache-memory", default="2GiB")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="for both engines: the comparison is always at one precision")
     p.add_argument("--skip-hf", action="store_true", help="run only our engine")
     p.add_argument("--json", type=Path, help="write all figures here")
     return p.parse_args(argv)
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _run_hf_phase(args: argparse.Namespace, workload: list[BenchRequest], report: dict[str, Any]) -> list[RunResult]:
-    model, load_s = load_hf()
+    model, load_s = load_hf(args.dtype)
     print(f"HF: model loaded in {load_s:.2f} s; static batches of {args.hf_batch_size}, each generating its "
           "longest output length; only each request's own output length counts as output tokens", flush=True)
     run_hf(model, make_workload(2, (16, 16), (4, 4), model.config.vocab_size, args.seed + 2), 2)  # warm-up

@@ -28,6 +28,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import aiohttp  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import offline_throughput as offline  # noqa: E402
@@ -52,6 +53,8 @@ class Phase:
     prompt_tokens: int
     ok: bool = True  # every request completed with exactly its output length
     note: str = ""
+    health_p50_ms: float | None = None  # GET /health latency while the load ran (served only)
+    health_max_ms: float | None = None
 
     @property
     def output_tok_s(self) -> float:
@@ -80,9 +83,12 @@ def run_served(args: argparse.Namespace, server_args: list[str], vocab: int) -> 
     with running_server(engine_flags(args) + server_args) as url:
         model = model_name(url, args.served_model_name)
         warm_up(url, model, vocab, args.seed)
-        results = asyncio.run(run_load(url, model, requests, [0.0] * len(requests)))
+        results, health = asyncio.run(load_with_health_probe(url, model, requests))
     summary = summarize(results, wall_duration(results))
-    phase = Phase(summary.duration_s, summary.output_tokens, summary.prompt_tokens)
+    phase = Phase(summary.duration_s, summary.output_tokens, summary.prompt_tokens,
+                  health_p50_ms=1000 * statistics.median(health), health_max_ms=1000 * max(health))
+    print(f"served: GET /health during the load: median {phase.health_p50_ms:.1f} ms, max "
+          f"{phase.health_max_ms:.1f} ms over {len(health)} probes", flush=True)
     short = short_requests(requests, results)
     if summary.failed or short:
         phase.ok = False
@@ -93,9 +99,30 @@ def run_served(args: argparse.Namespace, server_args: list[str], vocab: int) -> 
     return phase
 
 
+async def load_with_health_probe(url: str, model: str, requests: list) -> tuple[list, list[float]]:
+    """The load, all sent at t=0, while /health is timed every 100 ms: is the event loop free?"""
+    done = asyncio.Event()
+    latencies: list[float] = []
+
+    async def probe() -> None:
+        async with aiohttp.ClientSession() as session:
+            while not done.is_set():
+                start = time.perf_counter()
+                async with session.get(url + "/health") as resp:
+                    await resp.read()
+                latencies.append(time.perf_counter() - start)
+                await asyncio.sleep(0.1)
+
+    prober = asyncio.create_task(probe())
+    results = await run_load(url, model, requests, [0.0] * len(requests))
+    done.set()
+    await prober
+    return results, latencies
+
+
 def engine_flags(args: argparse.Namespace) -> list[str]:
     """The offline engine's settings, so the server runs the same configuration (server args may override)."""
-    return ["--dtype", "float32", "--max-num-seqs", str(args.max_num_seqs),
+    return ["--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
             "--max-num-batched-tokens", str(args.max_num_batched_tokens),
             "--kv-cache-memory", str(args.kv_cache_memory), "--seed", str(args.seed)]
 
@@ -110,6 +137,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--max-num-seqs", type=int, default=base.max_num_seqs)
     p.add_argument("--max-num-batched-tokens", type=int, default=base.max_num_batched_tokens)
     p.add_argument("--kv-cache-memory", default=base.kv_cache_memory)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=base.dtype)
     p.add_argument("--served-model-name", help="the requests' model field (default: first of GET /v1/models)")
     p.add_argument("--repeats", type=int, default=1, help="offline then served, N times; medians are reported")
     args, server_args = p.parse_known_args(argv)
