@@ -76,7 +76,7 @@ class ServerProcess:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
         return cls(proc, f"http://{host}:{port}", log)
 
-    def wait_ready(self, timeout_s: float = HEALTH_TIMEOUT_S) -> float:
+    def wait_ready(self, timeout_s: float = HEALTH_TIMEOUT_S, poll_s: float = 0.25) -> float:
         """Poll GET /health until 200; seconds waited. Raises ServerFailed if the server dies or times out."""
         start = time.perf_counter()
         while time.perf_counter() - start < timeout_s:
@@ -85,7 +85,7 @@ class ServerProcess:
                                    f"its last output:\n{self.log_tail()}")
             if health_status(self.url) == 200:
                 return time.perf_counter() - start
-            time.sleep(0.25)
+            time.sleep(poll_s)
         raise ServerFailed(f"the server was not healthy after {timeout_s:.0f} s; its last output:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:

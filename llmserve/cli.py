@@ -86,8 +86,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     llm = _make_llm(args)
     prompt: str | dict = args.prompt
     if args.chat:
-        rendered = llm.tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
-        prompt = {"prompt": rendered, "prompt_token_ids": llm.tokenizer.encode(rendered, add_special_tokens=False)}
+        prompt = llm.tokenizer.render_chat([{"role": "user", "content": args.prompt}])
     stream(llm, prompt, _params(args), _write)
     _write("\n")
     return 0
@@ -111,8 +110,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not line:
             continue
         messages.append({"role": "user", "content": line})
-        rendered = llm.tokenizer.apply_chat_template(messages)
-        prompt = {"prompt": rendered, "prompt_token_ids": llm.tokenizer.encode(rendered, add_special_tokens=False)}
+        prompt = llm.tokenizer.render_chat(messages)
         try:
             reply = stream(llm, prompt, _params(args), _write)
         except KeyboardInterrupt:

@@ -52,12 +52,8 @@ class LLM:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer, so it cannot render a chat")
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts = [self.tokenizer.apply_chat_template(list(c), add_generation_prompt=add_generation_prompt)
-                   for c in conversations]
-        # The template already holds any BOS token, so tokenize without adding special tokens again.
-        token_prompts = [{"prompt": p, "prompt_token_ids": self.tokenizer.encode(p, add_special_tokens=False)}
-                         for p in prompts]
-        return self.generate(token_prompts, sampling_params)
+        prompts = [self.tokenizer.render_chat(list(c), add_generation_prompt) for c in conversations]
+        return self.generate(prompts, sampling_params)
 
     def _run(self, request_ids: list[str]) -> list[RequestOutput]:
         final: dict[str, RequestOutput] = {}

@@ -118,6 +118,13 @@ class Tokenizer:
         return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
 
 
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> dict[str, Any]:
+        """A conversation as the engine's prompt dict: the rendered text and its token ids."""
+        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        # The template already wrote BOS and the role markers: adding special tokens would double them.
+        return {"prompt": text, "prompt_token_ids": self.encode(text, add_special_tokens=False)}
+
+
 # --- helpers --------------------------------------------------------------------------------------
 
 

@@ -14,10 +14,12 @@ from llmserve.server.protocol import ChatCompletionRequest
 from llmserve.server.serving import (
     RequestLog,
     Serving,
+    delta_logprobs,
     finish_reason,
     new_id,
     sse_events,
     stream_error,
+    unseen_outputs,
     usage,
 )
 
@@ -32,11 +34,9 @@ def render_prompt(serving: Serving, body: ChatCompletionRequest) -> dict[str, An
         raise bad_request("this model has no tokenizer, so it cannot chat; use /v1/completions with token ids")
     messages = [m.as_template_message() for m in body.messages]
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
+        return tokenizer.render_chat(messages, add_generation_prompt=body.add_generation_prompt)
     except (ValueError, jinja2.TemplateError) as exc:  # e.g. the template's own raise_exception
         raise bad_request(f"the chat template rejected these messages: {exc}", "messages") from None
-    # The template already wrote BOS and the role markers: adding special tokens would double them.
-    return {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
 
 
 async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, received: float):
@@ -49,12 +49,7 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
     if body.stream:
         events = _stream(serving, shape, prepared, received, body, log)
         return StreamingResponse(sse_events(events, log), media_type="text/event-stream")
-    try:
-        (final,) = await serving.final_outputs(prepared, received)
-    except Exception as exc:
-        log.status = getattr(exc, "status", 500)
-        log.emit()
-        raise
+    (final,) = await serving.final_outputs(prepared, received, log)
     choices = [{"index": out.index, "message": {"role": "assistant", "content": out.text},
                 "logprobs": shape.logprobs(out.logprobs), "finish_reason": finish_reason(out.finish_reason)}
                for out in final.outputs]
@@ -84,11 +79,9 @@ class _Shape:
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     def delta(self, out: CompletionOutput, final: bool) -> dict[str, Any]:
-        logprobs = None
-        if out.logprobs is not None:
-            logprobs = self.logprobs(out.logprobs[len(out.logprobs) - len(out.delta_token_ids):])
         return {"index": out.index, "delta": {"content": out.delta_text} if out.delta_text else {},
-                "logprobs": logprobs, "finish_reason": finish_reason(out.finish_reason) if final else None}
+                "logprobs": self.logprobs(delta_logprobs(out)),
+                "finish_reason": finish_reason(out.finish_reason) if final else None}
 
 
 async def _stream(serving: Serving, shape: _Shape, prepared: list, received: float, body: ChatCompletionRequest,
@@ -96,18 +89,12 @@ async def _stream(serving: Serving, shape: _Shape, prepared: list, received: flo
     # The role comes first, as OpenAI sends it, before any token is generated.
     yield {**shape.header(), "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                           "logprobs": None, "finish_reason": None} for i in range(body.n)]}
-    ended: set[int] = set()
+    ended: set[tuple[int, int]] = set()
     async for _, output in serving.streams(prepared, received):
         if output.finished and (error := stream_error(output)) is not None:
             yield error
             return
-        choices = []
-        for out in output.outputs:
-            if out.index in ended or (not out.delta_text and not out.delta_token_ids and not out.finished):
-                continue
-            if out.finished:
-                ended.add(out.index)
-            choices.append(shape.delta(out, out.finished))
+        choices = [shape.delta(out, out.finished) for out in unseen_outputs(output, ended)]
         if output.finished:
             log.completion_tokens = output.num_generated_tokens
         if choices:

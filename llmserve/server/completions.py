@@ -13,10 +13,12 @@ from llmserve.server.protocol import CompletionRequest
 from llmserve.server.serving import (
     RequestLog,
     Serving,
+    delta_logprobs,
     finish_reason,
     new_id,
     sse_events,
     stream_error,
+    unseen_outputs,
     usage,
 )
 
@@ -39,12 +41,7 @@ async def create_completion(serving: Serving, body: CompletionRequest, received:
     if body.stream:
         events = _stream(serving, shape, prepared, received, body.include_usage, log)
         return StreamingResponse(sse_events(events, log), media_type="text/event-stream")
-    try:
-        finals = await serving.final_outputs(prepared, received)
-    except Exception as exc:
-        log.status = getattr(exc, "status", 500)
-        log.emit()
-        raise
+    finals = await serving.final_outputs(prepared, received, log)
     choices = [shape.choice(i, out, out.text, out.logprobs) for i, final in enumerate(finals) for out in final.outputs]
     log.completion_tokens = sum(len(o.token_ids) for f in finals for o in f.outputs)
     log.emit()
@@ -90,15 +87,8 @@ async def _stream(serving: Serving, shape: _Shape, prepared: list[PreparedReques
         if error is not None:
             yield error
             return
-        choices = []
-        for out in output.outputs:
-            if (index, out.index) in ended or (not out.delta_text and not out.delta_token_ids and not out.finished):
-                continue
-            if out.finished:
-                ended.add((index, out.index))
-            logprobs = out.logprobs[len(out.logprobs) - len(out.delta_token_ids):] if out.logprobs is not None \
-                else None
-            choices.append(shape.choice(index, out, out.delta_text, logprobs, final=out.finished))
+        choices = [shape.choice(index, out, out.delta_text, delta_logprobs(out), final=out.finished)
+                   for out in unseen_outputs(output, ended, index)]
         if output.finished:
             log.completion_tokens += output.num_generated_tokens
         if choices:

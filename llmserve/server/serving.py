@@ -17,7 +17,8 @@ from llmserve.server.streams import Admission, merge, tracked_stream
 if TYPE_CHECKING:
     from llmserve.engine.async_engine import AsyncEngine
     from llmserve.engine.engine import PreparedRequest, Prompt
-    from llmserve.engine.outputs import RequestOutput
+    from llmserve.engine.outputs import CompletionOutput, RequestOutput
+    from llmserve.runner.sampler import TokenLogprobs
     from llmserve.sampling_params import SamplingParams
 
 logger = logging.getLogger("llmserve.server")
@@ -73,13 +74,19 @@ class Serving:
     def streams(self, prepared: list[PreparedRequest], received: float) -> AsyncIterator[tuple[int, RequestOutput]]:
         return merge([tracked_stream(self.engine, p, self.admission, self.metrics, received) for p in prepared])
 
-    async def final_outputs(self, prepared: list[PreparedRequest], received: float) -> list[RequestOutput]:
-        """Runs every prompt to the end; an engine failure of any becomes a 500."""
+    async def final_outputs(self, prepared: list[PreparedRequest], received: float,
+                            log: RequestLog) -> list[RequestOutput]:
+        """Runs every prompt to the end; an engine failure of any becomes a 500 (and its log line)."""
         finals: list[RequestOutput | None] = [None] * len(prepared)
-        async for index, output in self.streams(prepared, received):
-            finals[index] = output
-        for output in finals:
-            raise_if_failed(output)
+        try:
+            async for index, output in self.streams(prepared, received):
+                finals[index] = output
+            for output in finals:
+                raise_if_failed(output)
+        except Exception as exc:
+            log.status = getattr(exc, "status", 500)
+            log.emit()
+            raise
         return finals  # type: ignore[return-value]
 
     def token_text(self, token_id: int) -> str:
@@ -102,6 +109,28 @@ def stream_error(output: RequestOutput) -> dict[str, Any] | None:
     except APIError as exc:
         return exc.body()
     return None
+
+
+def unseen_outputs(output: RequestOutput, ended: set[tuple[int, int]], prompt_index: int = 0) -> list[CompletionOutput]:
+    """The choices with news for the client this step: new text or tokens, or a finish not yet sent.
+    `ended` remembers (prompt, choice) pairs whose finish was sent, as finished siblings of a
+    running request keep appearing in later outputs."""
+    fresh = []
+    for out in output.outputs:
+        key = (prompt_index, out.index)
+        if key in ended or not (out.delta_text or out.delta_token_ids or out.finished):
+            continue
+        if out.finished:
+            ended.add(key)
+        fresh.append(out)
+    return fresh
+
+
+def delta_logprobs(out: CompletionOutput) -> list[TokenLogprobs] | None:
+    """Logprobs of this step's new tokens (`out.logprobs` is cumulative)."""
+    if out.logprobs is None:
+        return None
+    return out.logprobs[len(out.logprobs) - len(out.delta_token_ids):]
 
 
 def new_id(prefix: str) -> str:

@@ -91,8 +91,7 @@ def _record(prepared: PreparedRequest, progress: _Progress, gaps: list[float]) -
 
 def _overall_reason(output: RequestOutput) -> str:
     reasons = {o.finish_reason for o in output.outputs}
-    return "length" if reasons == {"length"} else next(r for r in ("error", "abort", "stop", "length")
-                                                       if r in reasons)
+    return next((r for r in ("error", "abort", "stop", "length") if r in reasons), "abort")
 
 
 _DONE = object()
