@@ -33,18 +33,10 @@ from typing import IO, Any
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmserve.bench import (  # noqa: E402
-    BenchRequest,
-    RequestResult,
-    Summary,
-    arrival_times,
-    random_requests,
-    run_load,
-    summarize,
-    wall_duration,
-)
-from llmserve.bench.client import first_model_id  # noqa: E402
-from llmserve.bench.stats import METRICS  # noqa: E402
+from llmserve.bench.client import first_model_id, run_load  # noqa: E402
+from llmserve.bench.result import RequestResult  # noqa: E402
+from llmserve.bench.stats import METRICS, Summary, summarize, wall_duration  # noqa: E402
+from llmserve.bench.workload import BenchRequest, arrival_times, random_requests  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TTFT_P99_TARGET_S = 0.5

@@ -41,7 +41,9 @@ from benchmarks.serve_latency import (  # noqa: E402
     short_requests,
     warm_up,
 )
-from llmserve.bench import random_requests, run_load, summarize, wall_duration  # noqa: E402
+from llmserve.bench.client import run_load  # noqa: E402
+from llmserve.bench.stats import summarize, wall_duration  # noqa: E402
+from llmserve.bench.workload import random_requests  # noqa: E402
 
 TARGET_RATIO = 0.90
 

@@ -1,4 +1,4 @@
-"""`llmserve` command line: serve, generate and chat."""
+"""`llmserve` command line: serve, generate, chat and bench."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from llmserve.bench.cli import add_bench_parser
 from llmserve.sampling_params import SamplingParams
 
 
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(chat)
     _sampling_args(chat, max_tokens=512)
     chat.set_defaults(func=cmd_chat)
+    add_bench_parser(sub)
     return parser
 
 

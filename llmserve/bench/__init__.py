@@ -1,22 +1,6 @@
-"""Load generation for OpenAI-compatible servers, over HTTP only.
+"""Load generation and reports for OpenAI-compatible servers, over HTTP only.
 
 Nothing here imports torch or the engine, so the same code measures our server, vLLM or llama.cpp.
+Modules: workload and datasets (what is sent, when), client (streaming HTTP), result and stats
+(figures), slo (goodput), runner (a run or sweep, its JSON), report and plots, cli.
 """
-
-from llmserve.bench.client import RequestResult, run_load, send_request
-from llmserve.bench.stats import Percentiles, Summary, percentile, summarize, wall_duration
-from llmserve.bench.workload import BenchRequest, arrival_times, random_requests
-
-__all__ = [
-    "BenchRequest",
-    "Percentiles",
-    "RequestResult",
-    "Summary",
-    "arrival_times",
-    "percentile",
-    "random_requests",
-    "run_load",
-    "send_request",
-    "summarize",
-    "wall_duration",
-]

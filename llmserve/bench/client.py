@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiohttp
 
-from llmserve.bench.workload import BenchRequest
+from llmserve.bench.result import RequestResult
+from llmserve.bench.workload import ENDPOINT_PATHS, BenchRequest, Endpoint
 
-Endpoint = Literal["completions", "chat"]
-ENDPOINT_PATHS: dict[str, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 # One long run of a slow server may take hours; the run itself, not this timeout, should bound it.
 DEFAULT_TIMEOUT_S = 6 * 3600.0
 ERROR_BODY_CHARS = 300
@@ -26,21 +24,6 @@ ERROR_BODY_CHARS = 300
 
 class MalformedStream(ValueError):
     """The server answered 200 but the SSE stream does not have the OpenAI shape."""
-
-
-@dataclass
-class RequestResult:
-    ok: bool = False
-    status: int | None = None  # None: no HTTP response at all (refused, reset before headers)
-    error: str = ""
-    send_time: float = 0.0  # all times are time.perf_counter() in the client process
-    first_token_time: float | None = None
-    chunk_times: list[float] = field(default_factory=list)  # one per chunk that carried text
-    end_time: float = 0.0
-    output_tokens: int = 0  # from the usage chunk when the server sends one, else the number of text chunks
-    prompt_tokens: int = 0  # from the usage chunk, else the request's input_len
-    priority: int | None = None
-    text: str = ""
 
 
 def endpoint_url(base_url: str, endpoint: Endpoint) -> str:
@@ -58,11 +41,17 @@ def build_payload(model: str, req: BenchRequest, endpoint: Endpoint,
         "ignore_eos": True,  # vLLM extension: every request produces exactly output_len tokens
         "stream": True, "stream_options": {"include_usage": True},
     }
+    conversation = isinstance(req.prompt, list) and bool(req.prompt) and isinstance(req.prompt[0], dict)
     if endpoint == "chat":
-        if not isinstance(req.prompt, str):
+        if isinstance(req.prompt, str):
+            body["messages"] = [{"role": "user", "content": req.prompt}]
+        elif conversation:
+            body["messages"] = req.prompt
+        else:
             raise ValueError("the chat endpoint needs text prompts, not token ids")
-        body["messages"] = [{"role": "user", "content": req.prompt}]
     elif endpoint == "completions":
+        if conversation:
+            raise ValueError("conversations need the chat endpoint (--endpoint chat)")
         body["prompt"] = req.prompt
     else:
         raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {sorted(ENDPOINT_PATHS)}")
@@ -155,11 +144,13 @@ def _chunk_text(chunk: dict[str, Any], endpoint: Endpoint) -> str:
 async def run_load(url: str, model: str, requests: Sequence[BenchRequest], arrivals: Sequence[float],
                    max_concurrency: int | None = None, endpoint: Endpoint = "completions",
                    api_key: str | None = None, extra_body: dict[str, Any] | None = None,
-                   timeout_s: float = DEFAULT_TIMEOUT_S) -> list[RequestResult]:
+                   timeout_s: float = DEFAULT_TIMEOUT_S,
+                   on_done: Callable[[RequestResult], None] | None = None) -> list[RequestResult]:
     """Send request i at `arrivals[i]` seconds after the start; results come back in request order.
 
     With `max_concurrency`, a request that arrives while that many are in flight waits for a slot,
-    and its send_time (hence its TTFT) starts when it actually goes out.
+    and its send_time (hence its TTFT) starts when it actually goes out. `on_done` sees each
+    result as it finishes (a progress bar).
     """
     if len(arrivals) != len(requests):
         raise ValueError(f"{len(requests)} requests but {len(arrivals)} arrival times")
@@ -172,21 +163,25 @@ async def run_load(url: str, model: str, requests: Sequence[BenchRequest], arriv
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
         start = time.perf_counter()
-        sends = [_send_at(start + offset, limiter, session, url, model, req, endpoint, extra_body)
+        sends = [_send_at(start + offset, limiter, session, url, model, req, endpoint, extra_body, on_done)
                  for req, offset in zip(requests, arrivals, strict=True)]
         return list(await asyncio.gather(*sends))
 
 
 async def _send_at(due: float, limiter: asyncio.Semaphore | None, session: aiohttp.ClientSession, url: str,
-                   model: str, req: BenchRequest, endpoint: Endpoint,
-                   extra_body: dict[str, Any] | None) -> RequestResult:
+                   model: str, req: BenchRequest, endpoint: Endpoint, extra_body: dict[str, Any] | None,
+                   on_done: Callable[[RequestResult], None] | None) -> RequestResult:
     delay = due - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
     if limiter is None:
-        return await send_request(session, url, model, req, endpoint, extra_body)
-    async with limiter:
-        return await send_request(session, url, model, req, endpoint, extra_body)
+        result = await send_request(session, url, model, req, endpoint, extra_body)
+    else:
+        async with limiter:
+            result = await send_request(session, url, model, req, endpoint, extra_body)
+    if on_done is not None:
+        on_done(result)
+    return result
 
 
 async def first_model_id(url: str, api_key: str | None = None, timeout_s: float = 30.0) -> str:

@@ -1,8 +1,10 @@
-"""Latency and throughput figures from a run's RequestResults.
+"""Latency, throughput, goodput and cost figures from a run's RequestResults.
 
 TTFT: first text chunk - send. TPOT: (E2EL - TTFT) / (output_tokens - 1), per request with more
 than one token. ITL: every gap between consecutive text chunks, pooled over requests. E2EL: end
 (the '[DONE]' line) - send. Only successful requests count; failures are tallied by status.
+Goodput: successful requests per second that meet every SLO target; SLO attainment: the share of
+all requests sent (failures included) that do.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llmserve.bench.client import RequestResult
+from llmserve.bench.result import RequestResult, request_itls, request_tpot, request_ttft
+from llmserve.bench.slo import SLO
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 
@@ -67,6 +70,10 @@ class Summary:
     itl: Percentiles
     e2el: Percentiles
     first_errors: list[str] = field(default_factory=list)  # a few messages, to say why without a log
+    goodput: float | None = None  # requests / s meeting the SLO; None without an SLO
+    slo_attainment: float | None = None  # 0..1 over all requests sent
+    cost_usd: float | None = None  # machine cost of the run (or of this class's share of it)
+    cost_per_million_output_tokens: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,40 +101,64 @@ def wall_duration(results: Sequence[RequestResult]) -> float:
     return max(r.end_time for r in results) - min(r.send_time for r in results)
 
 
-def request_ttft(r: RequestResult) -> float | None:
-    return None if r.first_token_time is None else r.first_token_time - r.send_time
+def metric_values(results: Sequence[RequestResult], metric: str) -> list[float]:
+    """Seconds: one value per request (ITL: one per gap between chunks), where the metric is defined."""
+    if metric == "itl":
+        return [gap for r in results for gap in request_itls(r)]
+    if metric == "e2el":
+        return [r.end_time - r.send_time for r in results]
+    read = {"ttft": request_ttft, "tpot": request_tpot}[metric]
+    return [v for r in results if (v := read(r)) is not None]
 
 
-def request_tpot(r: RequestResult) -> float | None:
-    ttft = request_ttft(r)
-    if ttft is None or r.output_tokens <= 1:
-        return None
-    return (r.end_time - r.send_time - ttft) / (r.output_tokens - 1)
-
-
-def request_itls(r: RequestResult) -> list[float]:
-    return [b - a for a, b in zip(r.chunk_times, r.chunk_times[1:], strict=False)]
-
-
-def summarize(results: Sequence[RequestResult], duration_s: float, max_error_messages: int = 3) -> Summary:
+def summarize(results: Sequence[RequestResult], duration_s: float, slo: SLO | None = None,
+              cost_usd: float | None = None, max_error_messages: int = 3) -> Summary:
+    """`cost_usd`: what the machine cost for `duration_s` (cost per hour x hours), or None."""
     done = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
-    ttfts = [t for r in done if (t := request_ttft(r)) is not None]
-    tpots = [t for r in done if (t := request_tpot(r)) is not None]
-    itls = [gap for r in done for gap in request_itls(r)]
     prompt_tokens = sum(r.prompt_tokens for r in done)
     output_tokens = sum(r.output_tokens for r in done)
     per_s = 1 / duration_s if duration_s > 0 else math.nan
+    good = sum(slo.met_by(r) for r in results) if slo is not None else None
     return Summary(
         completed=len(done), failed=len(failed),
         errors_by_status=dict(Counter(_error_kind(r) for r in failed)),
         duration_s=duration_s, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
         request_throughput=len(done) * per_s, output_throughput=output_tokens * per_s,
         total_token_throughput=(prompt_tokens + output_tokens) * per_s,
-        ttft=Percentiles.of(ttfts), tpot=Percentiles.of(tpots), itl=Percentiles.of(itls),
-        e2el=Percentiles.of([r.end_time - r.send_time for r in done]),
+        ttft=Percentiles.of(metric_values(done, "ttft")), tpot=Percentiles.of(metric_values(done, "tpot")),
+        itl=Percentiles.of(metric_values(done, "itl")), e2el=Percentiles.of(metric_values(done, "e2el")),
         first_errors=[r.error for r in failed[:max_error_messages]],
+        goodput=None if good is None else good * per_s,
+        slo_attainment=None if good is None else (good / len(results) if results else math.nan),
+        cost_usd=cost_usd,
+        cost_per_million_output_tokens=None if cost_usd is None else (
+            cost_usd / output_tokens * 1e6 if output_tokens else math.inf),
     )
+
+
+def priority_label(priority: int | None) -> str:
+    return "none" if priority is None else f"p{priority}"
+
+
+def summarize_by_priority(results: Sequence[RequestResult], duration_s: float, slo: SLO | None = None,
+                          cost_usd: float | None = None) -> dict[str, Summary]:
+    """One Summary per priority class ('p0', 'p2', ...), over the whole run's duration.
+
+    The machine's cost is shared between classes in proportion to their output tokens, so each
+    class's cost per 1M output tokens is the run's; its cost_usd is its share.
+    """
+    classes = sorted({r.priority for r in results}, key=lambda p: (p is None, p or 0))
+    if classes == [None]:
+        return {}
+    total_tokens = sum(r.output_tokens for r in results if r.ok)
+    by_class = {}
+    for priority in classes:
+        members = [r for r in results if r.priority == priority]
+        tokens = sum(r.output_tokens for r in members if r.ok)
+        share = None if cost_usd is None else (cost_usd * tokens / total_tokens if total_tokens else 0.0)
+        by_class[priority_label(priority)] = summarize(members, duration_s, slo, share)
+    return by_class
 
 
 def _error_kind(r: RequestResult) -> str:

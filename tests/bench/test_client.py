@@ -14,9 +14,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from llmserve.bench.client import Endpoint, RequestResult, build_payload, endpoint_url, run_load, send_request
-from llmserve.bench.stats import request_itls, request_tpot, request_ttft, summarize, wall_duration
-from llmserve.bench.workload import BenchRequest
+from llmserve.bench.client import build_payload, endpoint_url, run_load, send_request
+from llmserve.bench.result import RequestResult, request_itls, request_tpot, request_ttft
+from llmserve.bench.stats import summarize, wall_duration
+from llmserve.bench.workload import BenchRequest, Endpoint
 
 FIRST_DELAY_S = 0.05
 GAP_S = 0.02

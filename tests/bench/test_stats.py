@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from llmserve.bench.client import RequestResult
+from llmserve.bench.result import RequestResult
 from llmserve.bench.stats import Percentiles, percentile, summarize, wall_duration
 
 
