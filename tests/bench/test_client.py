@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import statistics
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -18,6 +15,7 @@ from llmserve.bench.client import build_payload, endpoint_url, run_load, send_re
 from llmserve.bench.result import RequestResult, request_itls, request_tpot, request_ttft
 from llmserve.bench.stats import summarize, wall_duration
 from llmserve.bench.workload import BenchRequest, Endpoint
+from tests.bench.fake_openai import BODIES, Handler, fake_server, sse
 
 FIRST_DELAY_S = 0.05
 GAP_S = 0.02
@@ -26,12 +24,6 @@ USAGE_TOKENS = 6  # one more than the text chunks: the last token decoded to no 
 TOLERANCE_S = 0.012  # timer and scheduling slack on a busy machine
 REQUEST = BenchRequest([101, 102, 103], output_len=USAGE_TOKENS, input_len=3)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-BODIES = web.AppKey("bodies", list[dict[str, Any]])  # what each request posted, for payload checks
-
-
-def _sse(obj: Any) -> bytes:
-    return f"data: {json.dumps(obj)}\n\n".encode()
 
 
 async def _scripted_stream(request: web.Request) -> web.StreamResponse:
@@ -45,9 +37,9 @@ async def _scripted_stream(request: web.Request) -> web.StreamResponse:
         if i:
             await asyncio.sleep(GAP_S)
         choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
-        await response.write(_sse({"choices": [choice]}))
+        await response.write(sse({"choices": [choice]}))
     await response.write(b": a comment line, ignored\n\n")
-    await response.write(_sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": USAGE_TOKENS}}))
+    await response.write(sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": USAGE_TOKENS}}))
     await response.write(b"data: [DONE]\n\n")
     return response
 
@@ -70,31 +62,15 @@ async def _malformed(request: web.Request) -> web.StreamResponse:
 async def _no_done(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse()
     await response.prepare(request)
-    await response.write(_sse({"choices": [{"index": 0, "text": "x"}]}))
+    await response.write(sse({"choices": [{"index": 0, "text": "x"}]}))
     return response
 
 
 async def _error_in_stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse()
     await response.prepare(request)
-    await response.write(_sse({"error": {"message": "engine died", "code": 500}}))
+    await response.write(sse({"error": {"message": "engine died", "code": 500}}))
     return response
-
-
-@asynccontextmanager
-async def fake_server(handler: Handler = _scripted_stream) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    app = web.Application()
-    app[BODIES] = []
-    app.router.add_post("/v1/completions", handler)
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}", app[BODIES]
-    finally:
-        await runner.cleanup()
 
 
 async def _send_one(handler: Handler, req: BenchRequest = REQUEST,
@@ -163,7 +139,7 @@ def test_run_load_sends_at_the_arrival_offsets() -> None:
     arrivals = [0.0, 0.1, 0.25]
 
     async def go() -> list[RequestResult]:
-        async with fake_server() as (url, _):
+        async with fake_server(_scripted_stream) as (url, _):
             return await run_load(url + "/v1/", "m", [REQUEST] * 3, arrivals)
 
     results = asyncio.run(go())
@@ -175,7 +151,7 @@ def test_run_load_sends_at_the_arrival_offsets() -> None:
 
 def test_run_load_concurrency_cap_serializes() -> None:
     async def go() -> list[RequestResult]:
-        async with fake_server() as (url, _):
+        async with fake_server(_scripted_stream) as (url, _):
             return await run_load(url, "m", [REQUEST] * 3, [0.0] * 3, max_concurrency=1)
 
     results = asyncio.run(go())

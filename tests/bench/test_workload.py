@@ -7,7 +7,14 @@ import math
 import pytest
 
 from benchmarks.common import make_workload
-from llmserve.bench.workload import FIRST_PLAIN_TOKEN_ID, arrival_times, random_requests
+from llmserve.bench.workload import (
+    FIRST_PLAIN_TOKEN_ID,
+    arrival_times,
+    parse_length,
+    parse_priority_mix,
+    random_requests,
+    with_priorities,
+)
 
 
 def test_random_requests_match_the_offline_benchmark_workload() -> None:
@@ -64,3 +71,23 @@ def test_same_seed_same_arrivals() -> None:
 def test_bad_rate_or_burstiness(rate: float, burstiness: float) -> None:
     with pytest.raises(ValueError):
         arrival_times(3, rate, burstiness)
+
+
+def test_parse_length() -> None:
+    assert parse_length("128") == (128, 128)
+    assert parse_length("32:512") == (32, 512)
+    for bad in ("0", "9:3", "a", "1:b"):
+        with pytest.raises(ValueError):
+            parse_length(bad)
+
+
+def test_priority_mix_is_normalized_and_assigned_in_exact_shares() -> None:
+    mix = parse_priority_mix("p0=1, p2=3")
+    assert mix == {0: 0.25, 2: 0.75}
+    reqs = with_priorities(random_requests(10, (3, 3), (2, 2), 200), mix, seed=5)
+    labels = [r.priority for r in reqs]
+    assert sorted(labels) == [0, 0, 0, 2, 2, 2, 2, 2, 2, 2]  # 2.5 and 7.5 tie on remainder: p0 gets the odd one
+    assert with_priorities(random_requests(10, (3, 3), (2, 2), 200), mix, seed=5) == reqs
+    for bad in ("p0", "p0=x", "p0=1,p0=2", "p0=0", "q=1", "p0=-1"):
+        with pytest.raises(ValueError):
+            parse_priority_mix(bad)

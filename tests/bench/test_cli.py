@@ -1,0 +1,220 @@
+"""`llmserve bench` end to end against a fake server with scripted delays: every figure by hand."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmserve.bench.report import ms
+from llmserve.cli import main
+from tests.bench.fake_openai import MODEL_ID, Script, scripted, threaded_fake_server
+
+TOL_S = 0.02  # timer and scheduling slack on a busy 2-core machine
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Request k (in arrival order) waits FIRST[k] for its first chunk, then GAP[k] between its 5 chunks.
+FIRST = [0.10, 0.20, 0.30, 0.40]
+GAP = [0.02, 0.04, 0.06, 0.08]
+CHUNKS = 5
+
+
+def by_arrival(body: dict[str, Any], k: int) -> Script:
+    return Script(first_delay_s=FIRST[k], gap_s=GAP[k], texts=("w",) * CHUNKS, usage_tokens=CHUNKS)
+
+
+def bench(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    quiet = ["--no-progress"] if args[0] in ("serve", "sweep") else []
+    code = main(["bench", *args, *quiet])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], url: str, out: Path, *args: str) -> dict[str, Any]:
+    code, stdout, stderr = bench(capsys, "serve", "--url", url, "--out", str(out), *args)
+    assert code == 0, stderr
+    return json.loads(out.read_text())
+
+
+def test_every_figure_matches_the_hand_computed_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with threaded_fake_server(scripted(by_arrival)) as (url, bodies):
+        data = run_json(capsys, url, tmp_path / "run.json", "--num-prompts", "4", "--input-len", "7",
+                        "--output-len", "5", "--slo", "ttft=250ms,tpot=30ms", "--cost-per-hour", "36")
+    s = data["summary"]
+    assert data["model"] == MODEL_ID and len(bodies) == 4
+    assert all(b["model"] == MODEL_ID and len(b["prompt"]) == 7 and b["max_tokens"] == 5 for b in bodies)
+    assert (s["completed"], s["failed"], s["errors_by_status"]) == (4, 0, {})
+    assert (s["prompt_tokens"], s["output_tokens"]) == (4 * 3, 4 * CHUNKS)  # from the usage chunks
+    expected = {  # seconds; numpy-style interpolated percentiles of the scripted values
+        # TTFT = FIRST: 100, 200, 300, 400 ms
+        "ttft": {"mean": 0.25, "median": 0.25, "p90": 0.37, "p95": 0.385, "p99": 0.397},
+        # TPOT = 4 gaps / (5 - 1) tokens = GAP
+        "tpot": {"mean": 0.05, "median": 0.05, "p90": 0.074, "p95": 0.077, "p99": 0.0794},
+        # ITL pools 4 gaps of each GAP: 16 values
+        "itl": {"mean": 0.05, "median": 0.05, "p90": 0.08, "p95": 0.08, "p99": 0.08},
+        # E2EL = FIRST + 4 GAP: 180, 360, 540, 720 ms
+        "e2el": {"mean": 0.45, "median": 0.45, "p90": 0.666, "p95": 0.693, "p99": 0.7146},
+    }
+    for metric, stats in expected.items():
+        for stat, value in stats.items():
+            assert s[metric][stat] == pytest.approx(value, abs=TOL_S), (metric, stat)
+    assert s["itl"]["count"] == 16 and s["ttft"]["count"] == 4
+    duration = s["duration_s"]
+    assert duration == pytest.approx(0.72, abs=2 * TOL_S)  # the slowest request's E2EL
+    assert s["request_throughput"] == pytest.approx(4 / duration)
+    assert s["output_throughput"] == pytest.approx(20 / duration)
+    assert s["total_token_throughput"] == pytest.approx(32 / duration)
+    # Only request 0 meets both targets: 1 has TPOT 40 ms, 2 and 3 miss TTFT too.
+    assert s["slo_attainment"] == pytest.approx(0.25)
+    assert s["goodput"] == pytest.approx(1 / duration)
+    assert s["cost_usd"] == pytest.approx(36 * duration / 3600)  # $36/h is one cent a second
+    assert s["cost_per_million_output_tokens"] == pytest.approx(0.01 * duration / 20 * 1e6)
+    assert data["by_priority"] == {}
+
+
+def test_the_table_prints_the_json_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with threaded_fake_server(scripted(by_arrival)) as (url, _):
+        code, out, _ = bench(capsys, "serve", "--url", url, "--num-prompts", "4", "--out", str(tmp_path / "r.json"),
+                             "--slo", "ttft=250ms", "--cost-per-hour", "36")
+    s = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert code == 0
+    ttft_row = next(line for line in out.splitlines() if "TTFT" in line)
+    for stat in ("mean", "median", "p90", "p95", "p99"):
+        assert ms(s["ttft"][stat]) in ttft_row
+    assert "4 completed, 0 failed" in out
+    assert f"{s['goodput']:.2f} req/s meeting ttft <= 250 ms; SLO attainment 50.0%" in out
+    assert f"${s['cost_per_million_output_tokens']:,.3f} per 1M output tokens" in out
+
+
+def by_priority(body: dict[str, Any], k: int) -> Script:
+    fast = body["priority"] == 0
+    return Script(first_delay_s=0.05 if fast else 0.30, gap_s=0.01 if fast else 0.03, texts=("w",) * CHUNKS,
+                  usage_tokens=CHUNKS)
+
+
+def test_figures_per_priority_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with threaded_fake_server(scripted(by_priority)) as (url, bodies):
+        data = run_json(capsys, url, tmp_path / "run.json", "--num-prompts", "8", "--priority-mix", "p0=0.25,p2=0.75",
+                        "--slo", "ttft=100ms", "--cost-per-hour", "36")
+    assert sorted(b["priority"] for b in bodies) == [0, 0, 2, 2, 2, 2, 2, 2]  # exact shares, not draws
+    p0, p2, s = data["by_priority"]["p0"], data["by_priority"]["p2"], data["summary"]
+    duration = s["duration_s"]
+    assert (p0["completed"], p2["completed"]) == (2, 6)
+    assert p0["ttft"]["median"] == pytest.approx(0.05, abs=TOL_S)
+    assert p2["ttft"]["median"] == pytest.approx(0.30, abs=TOL_S)
+    assert p0["tpot"]["median"] == pytest.approx(0.01, abs=TOL_S)
+    assert p2["tpot"]["median"] == pytest.approx(0.03, abs=TOL_S)
+    assert (p0["slo_attainment"], p2["slo_attainment"], s["slo_attainment"]) == (1.0, 0.0, 0.25)
+    assert p0["goodput"] == pytest.approx(2 / duration) and p2["goodput"] == 0
+    assert p0["duration_s"] == duration  # classes share the run's wall time
+    assert p0["output_throughput"] == pytest.approx(10 / duration)
+    # The machine's cost is split by output tokens: 2 of 8 requests' tokens are p0's.
+    assert p0["cost_usd"] == pytest.approx(s["cost_usd"] / 4)
+    assert p0["cost_per_million_output_tokens"] == pytest.approx(s["cost_per_million_output_tokens"])
+
+
+def failing_mix(body: dict[str, Any], k: int) -> Script:
+    if k % 3 == 0:
+        return Script(status=429)
+    if k % 3 == 1:
+        return Script(first_delay_s=0.01, gap_s=0.01, drop_after=2)
+    return Script(first_delay_s=0.01, gap_s=0.01, usage_tokens=5)
+
+
+def test_429s_and_dropped_streams_are_counted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with threaded_fake_server(scripted(failing_mix)) as (url, _):
+        data = run_json(capsys, url, tmp_path / "run.json", "--num-prompts", "6", "--slo", "e2el=10s")
+    s = data["summary"]
+    assert (s["completed"], s["failed"]) == (2, 4)
+    assert s["errors_by_status"] == {"429": 2, "stream": 2}
+    assert s["output_tokens"] == 10  # failed requests add no tokens
+    assert s["slo_attainment"] == pytest.approx(2 / 6)  # failures count against attainment
+    assert any("429" in e for e in s["first_errors"])
+    statuses = sorted((r["ok"], r["status"]) for r in data["requests"])
+    assert statuses == [(False, 200), (False, 200), (False, 429), (False, 429), (True, 200), (True, 200)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_dead_server_is_counted_when_the_model_is_named(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    data = run_json(capsys, url, tmp_path / "run.json", "--model", "m", "--num-prompts", "3")
+    assert data["summary"]["completed"] == 0
+    assert data["summary"]["errors_by_status"] == {"no response": 3}
+
+
+def test_a_dead_server_without_a_model_name_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = bench(capsys, "serve", "--url", f"http://127.0.0.1:{_free_port()}", "--num-prompts", "2")
+    assert code == 2
+    assert "is the server up?" in err and "--model" in err
+
+
+def test_bad_arguments_name_the_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench(capsys, "serve", "--slo", "ttft=fast")
+    assert exit_info.value.code == 2
+    assert "latency target is like 500ms" in capsys.readouterr().err
+
+
+def test_run_plot_is_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with threaded_fake_server(scripted(by_priority)) as (url, _):
+        code, out, _ = bench(capsys, "serve", "--url", url, "--num-prompts", "4", "--priority-mix", "p0=1,p2=1",
+                             "--plot", str(tmp_path / "plots"))
+    png = tmp_path / "plots" / "latency_cdf.png"
+    assert code == 0 and str(png) in out
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
+
+
+def test_sweep_runs_each_rate_and_plots_the_curve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    quick = scripted(lambda body, k: Script(first_delay_s=0.01, gap_s=0.005, usage_tokens=5))
+    with threaded_fake_server(quick) as (url, bodies):
+        code, out, err = bench(capsys, "sweep", "--url", url, "--num-prompts", "3", "--rates", "20,inf",
+                               "--out", str(tmp_path / "sweep.json"), "--plot", str(tmp_path / "plots"))
+    assert code == 0, err
+    runs = json.loads((tmp_path / "sweep.json").read_text())["sweep"]
+    assert [run["config"]["request_rate"] for run in runs] == [20.0, "inf"]
+    assert [run["summary"]["completed"] for run in runs] == [3, 3] and len(bodies) == 6
+    # At 20 req/s the three sends are spread out; with inf they all leave at once.
+    spread = [max(r["send_time"] for r in run["requests"]) for run in runs]
+    assert spread[0] > 0.02 and spread[1] < 0.02
+    assert "sweep over request rate" in out
+    assert (tmp_path / "plots" / "sweep.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "plots" / "rate_inf" / "latency_cdf.png").exists()
+
+
+def _scaled(run: dict[str, Any], factor: float) -> dict[str, Any]:
+    """The same run with every timestamp multiplied: latencies x factor, throughputs / factor."""
+    run = json.loads(json.dumps(run))
+    run["duration_s"] *= factor
+    for r in run["requests"]:
+        for key in ("send_time", "first_token_time", "end_time"):
+            r[key] *= factor
+        r["chunk_times"] = [t * factor for t in r["chunk_times"]]
+    return run
+
+
+def test_compare_prints_ratios(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with threaded_fake_server(scripted(by_arrival)) as (url, _):
+        run = run_json(capsys, url, tmp_path / "a.json", "--num-prompts", "4", "--slo", "ttft=250ms")
+    (tmp_path / "b.json").write_text(json.dumps(_scaled(run, 2.0)))
+    code, out, _ = bench(capsys, "compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert code == 0
+    rows = {line.split("│")[1].strip(): line.split("│")[-2].strip() for line in out.splitlines()
+            if line.startswith("│")}
+    assert rows["TTFT median (ms)"] == "2.000x" and rows["E2EL p99 (ms)"] == "2.000x"
+    assert rows["output throughput (tok/s)"] == "0.500x"
+    assert rows["completed"] == "1.000x"
+
+
+def test_compare_rejects_a_file_that_is_not_a_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x.json").write_text('{"hello": 1}')
+    code, _, err = bench(capsys, "compare", str(tmp_path / "x.json"), str(tmp_path / "x.json"))
+    assert code == 2 and "not an llmserve bench result" in err
