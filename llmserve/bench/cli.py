@@ -62,7 +62,7 @@ def _load_args(parser: argparse.ArgumentParser) -> None:
                         help="sent as 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY)")
     server.add_argument("--endpoint", choices=sorted(ENDPOINT_PATHS), default="completions")
     server.add_argument("--extra-body", type=_arg_type(json.loads), default=None,
-                        help='JSON merged into every request body, e.g. \'{"ignore_eos": false}\'')
+                        help='JSON merged into every request body; null drops a field, e.g. \'{"ignore_eos": null}\'')
     data = parser.add_argument_group("dataset")
     data.add_argument("--dataset", default="random", help=" | ".join(DATASET_KINDS))
     data.add_argument("--num-prompts", type=int, default=100)

@@ -35,7 +35,7 @@ def endpoint_url(base_url: str, endpoint: Endpoint) -> str:
 
 def build_payload(model: str, req: BenchRequest, endpoint: Endpoint,
                   extra_body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Greedy, fixed-length, streamed with a final usage chunk; `extra_body` overrides any field."""
+    """Greedy, fixed-length, streamed with a final usage chunk; `extra_body` overrides any field (null drops it)."""
     body: dict[str, Any] = {
         "model": model, "max_tokens": req.output_len, "temperature": 0.0,
         "ignore_eos": True,  # vLLM extension: every request produces exactly output_len tokens
@@ -58,7 +58,7 @@ def build_payload(model: str, req: BenchRequest, endpoint: Endpoint,
     if req.priority is not None:
         body["priority"] = req.priority
     body.update(extra_body or {})
-    return body
+    return {key: value for key, value in body.items() if value is not None}  # null in extra_body drops a field
 
 
 async def send_request(session: aiohttp.ClientSession, url: str, model: str, req: BenchRequest,

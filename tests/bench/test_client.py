@@ -173,3 +173,4 @@ def test_endpoint_url_and_payload_overrides() -> None:
     assert endpoint_url("http://h:8/v1", "chat") == "http://h:8/v1/chat/completions"
     body = build_payload("m", REQUEST, "completions", {"temperature": 0.7, "top_p": 0.9})
     assert body["temperature"] == 0.7 and body["top_p"] == 0.9 and "priority" not in body
+    assert "ignore_eos" not in build_payload("m", REQUEST, "completions", {"ignore_eos": None})
