@@ -61,13 +61,14 @@ def _load_args(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
                         help="sent as 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY)")
     server.add_argument("--endpoint", choices=sorted(ENDPOINT_PATHS), default="completions")
-    server.add_argument("--extra-body", type=_arg_type(json.loads), default=None,
+    server.add_argument("--extra-body", type=_arg_type(json_object), default=None,
                         help='JSON merged into every request body; null drops a field, e.g. \'{"ignore_eos": null}\'')
     data = parser.add_argument_group("dataset")
     data.add_argument("--dataset", default="random", help=" | ".join(DATASET_KINDS))
     data.add_argument("--num-prompts", type=int, default=100)
     length = _arg_type(parse_length)
-    data.add_argument("--input-len", type=length, default=(128, 128), help="tokens: N or LO:HI (uniform)")
+    data.add_argument("--input-len", type=length, default=(128, 128),
+                      help="tokens: N or LO:HI (uniform); for shared-prefix, the question after the prefix")
     data.add_argument("--output-len", type=length, default=(128, 128), help="tokens: N or LO:HI (uniform)")
     data.add_argument("--prefix-len", type=int, default=1024, help="shared-prefix: tokens in each shared prefix")
     data.add_argument("--num-prefixes", type=int, default=1, help="shared-prefix: how many distinct prefixes")
@@ -75,17 +76,42 @@ def _load_args(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--text-prompts", action="store_true",
                       help="send random prompts as words, for servers whose completions take no token ids")
     load = parser.add_argument_group("load and report")
-    load.add_argument("--burstiness", type=float, default=1.0, help="gamma shape: 1 Poisson, < 1 burstier")
+    load.add_argument("--burstiness", type=_arg_type(positive_finite), default=1.0,
+                      help="gamma shape: 1 Poisson, < 1 burstier")
     load.add_argument("--max-concurrency", type=int, default=None, help="at most this many requests in flight")
     load.add_argument("--priority-mix", type=_arg_type(parse_priority_mix), default=None,
                       help="share of requests per priority class, e.g. p0=0.1,p2=0.9 (sent as 'priority')")
     load.add_argument("--slo", type=_arg_type(SLO.parse), default=None,
-                      help="goodput targets over ttft, tpot, e2el, e.g. ttft=500ms,tpot=50ms")
-    load.add_argument("--cost-per-hour", type=float, default=None, help="USD per hour of the server's machine")
+                      help="goodput targets over ttft, tpot, e2el, e.g. ttft=500ms,tpot=50ms (bare numbers: ms)")
+    load.add_argument("--cost-per-hour", type=_arg_type(non_negative_finite), default=None,
+                      help="USD per hour of the server's machine")
+    load.add_argument("--request-timeout", type=_arg_type(positive_finite), default=6 * 3600.0,
+                      help="seconds from send to the end of the stream before a request counts as failed")
     load.add_argument("--seed", type=int, default=0)
     load.add_argument("--out", type=Path, default=None, help="write the results (JSON) here")
     load.add_argument("--plot", type=Path, default=None, help="write PNG plots into this folder")
     load.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def positive_finite(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def non_negative_finite(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def parse_rate(text: str) -> float:
@@ -99,4 +125,7 @@ def parse_rate(text: str) -> float:
 
 
 def parse_rates(text: str) -> list[float]:
-    return [parse_rate(part) for part in text.split(",") if part.strip()]
+    rates = [parse_rate(part) for part in text.split(",") if part.strip()]
+    if not rates or len(set(rates)) != len(rates):
+        raise argparse.ArgumentTypeError(f"--rates needs distinct rates, e.g. 1,2,4,inf; got {text!r}")
+    return rates

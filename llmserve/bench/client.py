@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from llmserve.bench.workload import ENDPOINT_PATHS, BenchRequest, Endpoint
 # One long run of a slow server may take hours; the run itself, not this timeout, should bound it.
 DEFAULT_TIMEOUT_S = 6 * 3600.0
 ERROR_BODY_CHARS = 300
+logger = logging.getLogger(__name__)
 
 
 class MalformedStream(ValueError):
@@ -77,6 +79,8 @@ async def send_request(session: aiohttp.ClientSession, url: str, model: str, req
                 result.error = f"HTTP {response.status}: {body[:ERROR_BODY_CHARS]}"
     except (aiohttp.ClientError, OSError, ValueError) as exc:  # OSError covers TimeoutError
         result.error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 (whatever a broken server provokes is its failure, not the run's)
+        result.error = f"unexpected {type(exc).__name__}: {exc}"
     if not result.end_time:
         result.end_time = time.perf_counter()
     result.ok = not result.error
@@ -84,15 +88,18 @@ async def send_request(session: aiohttp.ClientSession, url: str, model: str, req
 
 
 async def _read_stream(response: aiohttp.ClientResponse, endpoint: Endpoint, result: RequestResult) -> None:
+    """E2EL ends at the last chunk with choices, as vLLM's bench: whatever the server does
+    between its last token and '[DONE]' is not generation latency. '[DONE]' decides success."""
     pieces: list[str] = []
-    usage: dict[str, Any] | None = None
+    usage: Any = None
+    last_choice_time: float | None = None
     async for raw in response.content:
         now = time.perf_counter()  # before parsing, so the JSON work is not counted as server time
         data = _sse_data(raw)
         if data is None:
             continue
         if data == "[DONE]":
-            result.end_time = now
+            result.end_time = now if last_choice_time is None else last_choice_time
             break
         chunk = json.loads(data)  # a JSONDecodeError is a ValueError: recorded by the caller
         if not isinstance(chunk, dict):
@@ -100,6 +107,8 @@ async def _read_stream(response: aiohttp.ClientResponse, endpoint: Endpoint, res
         if "error" in chunk:  # servers report failures after the 200 header this way
             result.error = f"error in stream: {json.dumps(chunk['error'])[:ERROR_BODY_CHARS]}"
             return
+        if chunk.get("choices"):
+            last_choice_time = now
         text = _chunk_text(chunk, endpoint)
         if text:
             result.chunk_times.append(now)
@@ -108,12 +117,27 @@ async def _read_stream(response: aiohttp.ClientResponse, endpoint: Endpoint, res
             usage = chunk["usage"]
     else:
         result.error = "stream ended before 'data: [DONE]'"
+        return
     result.text = "".join(pieces)
     result.first_token_time = result.chunk_times[0] if result.chunk_times else None
+    if not result.chunk_times:
+        result.error = "the stream carried no content"
+        return
     result.output_tokens = len(result.chunk_times)
     if usage is not None:
-        result.output_tokens = int(usage.get("completion_tokens", result.output_tokens))
-        result.prompt_tokens = int(usage.get("prompt_tokens", result.prompt_tokens))
+        _apply_usage(usage, result)
+
+
+def _apply_usage(usage: Any, result: RequestResult) -> None:
+    """A usage chunk without a sane completion count is ignored: the chunk count stands, flagged as an estimate."""
+    counts = usage if isinstance(usage, dict) else {}
+    completion, prompt = counts.get("completion_tokens"), counts.get("prompt_tokens")
+    if not isinstance(completion, int) or isinstance(completion, bool) or completion < 1:
+        return
+    result.output_tokens = completion
+    if isinstance(prompt, int) and not isinstance(prompt, bool):
+        result.prompt_tokens = prompt
+    result.usage_reported = True
 
 
 def _sse_data(raw: bytes) -> str | None:
@@ -133,7 +157,9 @@ def _chunk_text(chunk: dict[str, Any], endpoint: Endpoint) -> str:
         return ""
     if endpoint == "chat":
         delta = choices[0].get("delta") or {}
-        text = delta.get("content") if isinstance(delta, dict) else None
+        # A reasoning model streams its thinking first; those are generated tokens too.
+        text = next((delta[key] for key in ("content", "reasoning_content", "reasoning") if delta.get(key)),
+                    None) if isinstance(delta, dict) else None
     else:
         text = choices[0].get("text")
     if text is not None and not isinstance(text, str):
@@ -180,7 +206,10 @@ async def _send_at(due: float, limiter: asyncio.Semaphore | None, session: aioht
         async with limiter:
             result = await send_request(session, url, model, req, endpoint, extra_body)
     if on_done is not None:
-        on_done(result)
+        try:
+            on_done(result)
+        except Exception:  # a broken progress display must not lose the run
+            logger.exception("on_done callback failed")
     return result
 
 

@@ -26,8 +26,6 @@ NON_TERMINAL_WIDTH = 160  # tables in logs and CI output should not wrap at rich
 def config_from_args(args: argparse.Namespace, request_rate: float) -> BenchConfig:
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ValueError("--max-concurrency must be at least 1")
-    if args.cost_per_hour is not None and args.cost_per_hour < 0:
-        raise ValueError("--cost-per-hour must not be negative")
     form = "chat" if args.endpoint == "chat" else "text" if args.text_prompts else "ids"
     dataset = DatasetSpec(kind=args.dataset, num_prompts=args.num_prompts, input_len=args.input_len,
                           output_len=args.output_len, prefix_len=args.prefix_len, num_prefixes=args.num_prefixes,
@@ -35,7 +33,8 @@ def config_from_args(args: argparse.Namespace, request_rate: float) -> BenchConf
     return BenchConfig(url=args.url, dataset=dataset, model=args.model, request_rate=request_rate,
                        burstiness=args.burstiness, max_concurrency=args.max_concurrency, endpoint=args.endpoint,
                        priority_mix=args.priority_mix, slo=args.slo, cost_per_hour=args.cost_per_hour,
-                       api_key=args.api_key, extra_body=args.extra_body, seed=args.seed)
+                       api_key=args.api_key, extra_body=args.extra_body, seed=args.seed,
+                       timeout_s=args.request_timeout)
 
 
 def make_console() -> Console:
@@ -76,11 +75,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     config = config_from_args(args, args.rates[0])
     console = make_console()
-    with progress_bar(not args.no_progress, args.num_prompts * len(args.rates)) as on_done:
-        def show(run: BenchRun) -> None:
-            console.print(run_report(run, title=f"rate {run.config['request_rate']} req/s"))
+    done: list[BenchRun] = []
 
-        runs = _run_or_explain(run_sweep(config, args.rates, on_done, show), config)
+    def finished(run: BenchRun) -> None:
+        console.print(run_report(run, title=f"rate {run.config['request_rate']} req/s"))
+        done.append(run)
+        _write_json(args.out, {"sweep": [r.to_json() for r in done]})  # a sweep cut short keeps what it measured
+
+    with progress_bar(not args.no_progress, args.num_prompts * len(args.rates)) as on_done:
+        runs = _run_or_explain(run_sweep(config, args.rates, on_done, finished), config)
     console.print(sweep_table(runs))
     _write_outputs(console, args, {"sweep": [run.to_json() for run in runs]},
                    lambda folder: [plot_sweep(runs, folder), *(_per_rate_cdfs(runs, folder))])
@@ -123,17 +126,23 @@ def _read_runs(path: Path) -> list[BenchRun]:
 def _run_or_explain(coro: Any, config: BenchConfig) -> Any:
     try:
         return asyncio.run(coro)
-    except aiohttp.ClientError as exc:  # only the model lookup raises; request failures are counted
-        raise ValueError(f"cannot list the models of {config.url} ({exc}); is the server up? "
-                         "--model NAME sends the requests without asking") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:  # only the model lookup raises; request failures count
+        raise ValueError(f"cannot list the models of {config.url} ({type(exc).__name__}: {exc}); is the server "
+                         "up? --model NAME sends the requests without asking") from None
 
 
 def _write_outputs(console: Console, args: argparse.Namespace, result: dict[str, Any],
                    plot: Callable[[Path], list[Path]]) -> None:
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(json_safe(result), indent=1) + "\n", encoding="utf-8")
+        _write_json(args.out, result)
         console.print(f"results: {args.out}")
     if args.plot is not None:
         for path in plot(args.plot):
             console.print(f"plot: {path}")
+
+
+def _write_json(path: Path | None, result: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_safe(result), indent=1) + "\n", encoding="utf-8")

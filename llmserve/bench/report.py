@@ -53,7 +53,9 @@ def overview_table(run: BenchRun, title: str) -> Table:
             table.add_row("", message)
     table.add_row("throughput", f"{s.request_throughput:.2f} req/s, {fmt(s.output_throughput)} output tok/s, "
                   f"{fmt(s.total_token_throughput)} total tok/s")
-    table.add_row("tokens", f"{s.prompt_tokens:,} prompt, {s.output_tokens:,} output")
+    table.add_row("tokens", f"{s.prompt_tokens:,} prompt, {s.output_tokens:,} output"
+                  + (f" ({s.requests_without_usage} of {s.completed} requests sent no usage: their counts are "
+                     "estimates)" if s.requests_without_usage else ""))
     if s.goodput is not None:
         table.add_row("goodput", f"{s.goodput:.2f} req/s meeting {_slo_text(config)}; "
                       f"SLO attainment {percent(s.slo_attainment)}")
@@ -118,7 +120,7 @@ COMPARED: list[tuple[str, Callable[[Summary], float | None], Callable[[float | N
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or math.isnan(a) or math.isnan(b) or a == 0:
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or a == 0:
         return None
     return b / a
 

@@ -13,8 +13,9 @@ class RequestResult:
     send_time: float = 0.0  # all times are time.perf_counter() in the client process
     first_token_time: float | None = None
     chunk_times: list[float] = field(default_factory=list)  # one per chunk that carried text
-    end_time: float = 0.0
+    end_time: float = 0.0  # the last chunk with choices (vLLM's E2EL), or when the request failed
     output_tokens: int = 0  # from the usage chunk when the server sends one, else the number of text chunks
+    usage_reported: bool = False  # False: the token counts above are estimates
     prompt_tokens: int = 0  # from the usage chunk, else the request's input_len
     priority: int | None = None
     text: str = ""

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from llmserve.bench.client import first_model_id, run_load
+from llmserve.bench.client import DEFAULT_TIMEOUT_S, first_model_id, run_load
 from llmserve.bench.datasets import DatasetSpec, load_dataset
 from llmserve.bench.result import RequestResult
 from llmserve.bench.slo import SLO
@@ -33,6 +33,7 @@ class BenchConfig:
     api_key: str | None = None
     extra_body: dict[str, Any] | None = None
     seed: int = 0
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per request, from send to '[DONE]'
 
     def describe(self) -> dict[str, Any]:
         """The settings worth keeping next to the figures (never the API key)."""
@@ -42,7 +43,7 @@ class BenchConfig:
             "burstiness": self.burstiness, "max_concurrency": self.max_concurrency,
             "priority_mix": {f"p{k}": v for k, v in self.priority_mix.items()} if self.priority_mix else None,
             "slo": dict(self.slo.targets) if self.slo else None, "cost_per_hour": self.cost_per_hour,
-            "extra_body": self.extra_body, "seed": self.seed,
+            "extra_body": self.extra_body, "seed": self.seed, "timeout_s": self.timeout_s,
         }
 
 
@@ -76,17 +77,18 @@ class BenchRun:
             raise ValueError(f"not an llmserve bench result (expected format {RESULT_FORMAT!r})")
         config = data["config"]
         results = [RequestResult(**r) for r in data["requests"]]
-        slo = SLO(config["slo"]) if config.get("slo") else None
-        return analyze(config, data["model"], data["started_at"], results, slo, config.get("cost_per_hour"),
-                       data["duration_s"])
+        return analyze(config, data["model"], data["started_at"], results, data["duration_s"])
 
 
-def analyze(config: dict[str, Any], model: str, started_at: str, results: list[RequestResult], slo: SLO | None,
-            cost_per_hour: float | None, duration_s: float | None = None) -> BenchRun:
+def analyze(config: dict[str, Any], model: str, started_at: str, results: list[RequestResult],
+            duration_s: float | None = None) -> BenchRun:
+    """The figures of a run from its per-request results and its described config (SLO, cost, mix)."""
     duration = wall_duration(results) if duration_s is None else duration_s
-    cost = None if cost_per_hour is None else cost_per_hour * duration / 3600
+    slo = SLO(config["slo"]) if config.get("slo") else None
+    cost = None if config.get("cost_per_hour") is None else config["cost_per_hour"] * duration / 3600
+    classes = [int(name.removeprefix("p")) for name in config.get("priority_mix") or {}]
     return BenchRun(config, model, started_at, results, duration, summarize(results, duration, slo, cost),
-                    summarize_by_priority(results, duration, slo, cost))
+                    summarize_by_priority(results, duration, slo, cost, classes))
 
 
 def build_requests(config: BenchConfig) -> list[BenchRequest]:
@@ -103,15 +105,19 @@ async def run_bench(config: BenchConfig, on_done: Callable[[RequestResult], None
     model = config.model or await first_model_id(config.url, config.api_key)
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     results = await run_load(config.url, model, requests, arrivals, config.max_concurrency, config.endpoint,
-                             config.api_key, config.extra_body, on_done=on_done)
-    return analyze(config.describe(), model, started_at, _relative_times(results), config.slo,
-                   config.cost_per_hour)
+                             config.api_key, config.extra_body, config.timeout_s, on_done=on_done)
+    return analyze(config.describe(), model, started_at, _relative_times(results))
 
 
 async def run_sweep(config: BenchConfig, rates: Sequence[float],
                     on_done: Callable[[RequestResult], None] | None = None,
                     on_run: Callable[[BenchRun], None] | None = None) -> list[BenchRun]:
-    """One run per request rate, same dataset and seed, one after the other."""
+    """One run per request rate, same dataset and seed, one after the other.
+
+    The model is looked up once: a server that dies between rates fails the later runs' requests
+    (counted) instead of ending the sweep. `on_run` sees each run as it ends (to save it at once).
+    """
+    config = replace(config, model=config.model or await first_model_id(config.url, config.api_key))
     runs = []
     for rate in rates:
         run = await run_bench(replace(config, request_rate=rate), on_done)

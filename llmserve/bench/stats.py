@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ class Summary:
     itl: Percentiles
     e2el: Percentiles
     first_errors: list[str] = field(default_factory=list)  # a few messages, to say why without a log
+    requests_without_usage: int = 0  # completed requests whose token counts are estimates (no usage chunk)
     goodput: float | None = None  # requests / s meeting the SLO; None without an SLO
     slo_attainment: float | None = None  # 0..1 over all requests sent
     cost_usd: float | None = None  # machine cost of the run (or of this class's share of it)
@@ -129,6 +130,7 @@ def summarize(results: Sequence[RequestResult], duration_s: float, slo: SLO | No
         ttft=Percentiles.of(metric_values(done, "ttft")), tpot=Percentiles.of(metric_values(done, "tpot")),
         itl=Percentiles.of(metric_values(done, "itl")), e2el=Percentiles.of(metric_values(done, "e2el")),
         first_errors=[r.error for r in failed[:max_error_messages]],
+        requests_without_usage=sum(not r.usage_reported for r in done),
         goodput=None if good is None else good * per_s,
         slo_attainment=None if good is None else (good / len(results) if results else math.nan),
         cost_usd=cost_usd,
@@ -142,13 +144,16 @@ def priority_label(priority: int | None) -> str:
 
 
 def summarize_by_priority(results: Sequence[RequestResult], duration_s: float, slo: SLO | None = None,
-                          cost_usd: float | None = None) -> dict[str, Summary]:
+                          cost_usd: float | None = None, classes: Iterable[int] = ()) -> dict[str, Summary]:
     """One Summary per priority class ('p0', 'p2', ...), over the whole run's duration.
 
-    The machine's cost is shared between classes in proportion to their output tokens, so each
-    class's cost per 1M output tokens is the run's; its cost_usd is its share.
+    `classes` (the mix asked for) appear even when no request drew them. The machine's cost is
+    shared between classes in proportion to their output tokens, so each class's cost per 1M
+    output tokens is the run's; its cost_usd is its share.
     """
-    classes = sorted({r.priority for r in results}, key=lambda p: (p is None, p or 0))
+    classes = sorted({r.priority for r in results} | set(classes), key=lambda p: (p is None, p or 0))
+    if not classes:
+        return {}
     if classes == [None]:
         return {}
     total_tokens = sum(r.output_tokens for r in results if r.ok)

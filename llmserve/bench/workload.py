@@ -52,7 +52,7 @@ def arrival_times(num: int, rate: float, burstiness: float = 1.0, seed: int = 0)
     burstiness 1 is a Poisson process, below 1 burstier, above 1 more regular. rate=inf sends
     everything at once.
     """
-    if rate <= 0 or burstiness <= 0:
+    if not rate > 0 or not (math.isfinite(burstiness) and burstiness > 0):  # NaN fails both: gammavariate would spin
         raise ValueError(f"rate and burstiness must be positive, got rate={rate}, burstiness={burstiness}")
     if math.isinf(rate):
         return [0.0] * num

@@ -30,6 +30,9 @@ class Script:
     usage_tokens: int | None = None  # completion_tokens in the final usage chunk; None sends no usage
     status: int = 200  # anything else answers at once with an OpenAI-shaped error
     drop_after: int | None = None  # close the connection after this many text chunks
+    usage: Any = None  # sent as the usage chunk's "usage" as-is, instead of the counts above
+    done_delay_s: float = 0.0  # pause between the last chunk and 'data: [DONE]'
+    field: str = "content"  # the chat delta's key for text
 
 
 ScriptFn = Callable[[dict[str, Any], int], Script]  # (body, arrival number from 0) -> script
@@ -67,11 +70,14 @@ async def _stream(request: web.Request, script: Script, chat: bool) -> web.Strea
             assert request.transport is not None
             request.transport.close()  # mid-stream: no [DONE], no clean chunked ending
             return response
-        choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
+        choice = {"index": 0, "delta": {script.field: text}} if chat else {"index": 0, "text": text}
         await response.write(sse({"choices": [choice]}))
-    if script.usage_tokens is not None:
+    if script.usage is not None:
+        await response.write(sse({"choices": [], "usage": script.usage}))
+    elif script.usage_tokens is not None:
         await response.write(sse({"choices": [], "usage": {"prompt_tokens": 3,
                                                            "completion_tokens": script.usage_tokens}}))
+    await asyncio.sleep(script.done_delay_s)
     await response.write(b"data: [DONE]\n\n")
     return response
 
@@ -117,7 +123,8 @@ def threaded_fake_server(handler: Handler) -> Iterator[tuple[str, list[dict[str,
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=10)
-        loop.close()
+        if not thread.is_alive():  # closing a loop that still runs would hide the real failure
+            loop.close()
 
 
 async def _wait(future: asyncio.Future[Any]) -> Any:

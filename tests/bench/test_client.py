@@ -15,7 +15,7 @@ from llmserve.bench.client import build_payload, endpoint_url, run_load, send_re
 from llmserve.bench.result import RequestResult, request_itls, request_tpot, request_ttft
 from llmserve.bench.stats import summarize, wall_duration
 from llmserve.bench.workload import BenchRequest, Endpoint
-from tests.bench.fake_openai import BODIES, Handler, fake_server, sse
+from tests.bench.fake_openai import BODIES, Handler, Script, fake_server, scripted, sse
 
 FIRST_DELAY_S = 0.05
 GAP_S = 0.02
@@ -174,3 +174,33 @@ def test_endpoint_url_and_payload_overrides() -> None:
     body = build_payload("m", REQUEST, "completions", {"temperature": 0.7, "top_p": 0.9})
     assert body["temperature"] == 0.7 and body["top_p"] == 0.9 and "priority" not in body
     assert "ignore_eos" not in build_payload("m", REQUEST, "completions", {"ignore_eos": None})
+
+
+async def _one_scripted(script: Script, endpoint: Endpoint = "completions") -> RequestResult:
+    req = REQUEST if endpoint == "completions" else BenchRequest("hi", output_len=5, input_len=1)
+    async with fake_server(scripted(lambda body, k: script)) as (url, _), aiohttp.ClientSession() as session:
+        return await send_request(session, url, "m", req, endpoint)
+
+
+@pytest.mark.parametrize("usage", [{"completion_tokens": None}, [1, 2], {"prompt_tokens": 3}, "x"])
+def test_a_malformed_usage_chunk_falls_back_to_counting_chunks(usage: object) -> None:
+    result = asyncio.run(_one_scripted(Script(first_delay_s=0.0, gap_s=0.0, usage=usage)))
+    assert result.ok, result.error
+    assert result.output_tokens == 5 and not result.usage_reported
+
+
+def test_a_stream_without_content_is_a_failure() -> None:
+    result = asyncio.run(_one_scripted(Script(first_delay_s=0.0, texts=(), usage_tokens=4)))
+    assert not result.ok and result.status == 200 and "no content" in result.error
+
+
+def test_e2el_ends_at_the_last_chunk_not_at_done() -> None:
+    result = asyncio.run(_one_scripted(Script(first_delay_s=0.01, gap_s=0.01, usage_tokens=5, done_delay_s=0.3)))
+    assert result.ok and result.usage_reported
+    assert result.end_time - result.send_time < 0.15  # 0.05 of chunks, not the 0.3 s pause before [DONE]
+    assert request_tpot(result) == pytest.approx(0.01, abs=TOLERANCE_S)
+
+
+def test_reasoning_tokens_count_as_content_on_chat() -> None:
+    result = asyncio.run(_one_scripted(Script(first_delay_s=0.0, gap_s=0.0, field="reasoning_content"), "chat"))
+    assert result.ok and result.text == "abcde" and len(result.chunk_times) == 5
