@@ -92,8 +92,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: La
 
 
 def _attend(q: torch.Tensor, cache: LayerKVCache, group: AttentionGroup, scale: float) -> torch.Tensor:
-    if group.max_query_len == 1 and q.dtype == torch.float32 and q.device.type == "cpu":
-        kernel = paged_decode_attention()
+    if group.max_query_len == 1 and q.device.type == "cpu" and q.dtype == cache.key.dtype:
+        kernel = paged_decode_attention(str(q.dtype).removeprefix("torch."))
         if kernel is not None:
             return _decode_kernel(kernel, q[group.start:group.end], cache, group, scale)
     return _group_attention(q, cache, group, scale)
@@ -101,7 +101,10 @@ def _attend(q: torch.Tensor, cache: LayerKVCache, group: AttentionGroup, scale: 
 
 def _decode_kernel(kernel, q: torch.Tensor, cache: LayerKVCache, group: AttentionGroup,
                    scale: float) -> torch.Tensor:
-    q = q.contiguous()
+    """The kernel reads the cache in its own dtype but takes and returns float32 queries: one
+    token per sequence, so converting them costs nothing next to reading the history."""
+    dtype = q.dtype
+    q = q.to(torch.float32).contiguous()
     out = torch.empty_like(q)
     tables = group.block_tables
     heads, slots, dim = cache.key.shape
@@ -110,7 +113,7 @@ def _decode_kernel(kernel, q: torch.Tensor, cache: LayerKVCache, group: Attentio
                     cache.block_size, tables.shape[1], scale, torch.get_num_threads())
     if failed:
         raise MemoryError("paged attention kernel could not allocate its scratch space")
-    return out
+    return out.to(dtype)
 
 
 def _group_attention(q: torch.Tensor, cache: LayerKVCache, group: AttentionGroup, scale: float) -> torch.Tensor:

@@ -24,14 +24,14 @@ def _reference(q, k, v, start):
     return out.transpose(0, 1)
 
 
-def _run(history: list[int], new: list[int], use_kernel: bool, monkeypatch):
+def _run(history: list[int], new: list[int], use_kernel: bool, monkeypatch, dtype: torch.dtype = torch.float32):
     """Fill the cache with `history[i]` tokens per sequence, then attend `new[i]` more; compare."""
     gen = torch.Generator().manual_seed(0)
-    cache = allocate_kv_cache(1, KV_HEADS, DIM, 256, BLOCK, torch.float32, "cpu")[0]
+    cache = allocate_kv_cache(1, KV_HEADS, DIM, 256, BLOCK, dtype, "cpu")[0]
     totals = [h + n for h, n in zip(history, new, strict=True)]
-    keys = [torch.randn(t, KV_HEADS, DIM, generator=gen) for t in totals]
-    values = [torch.randn(t, KV_HEADS, DIM, generator=gen) for t in totals]
-    queries = [torch.randn(n, HEADS, DIM, generator=gen) for n in new]
+    keys = [torch.randn(t, KV_HEADS, DIM, generator=gen).to(dtype) for t in totals]
+    values = [torch.randn(t, KV_HEADS, DIM, generator=gen).to(dtype) for t in totals]
+    queries = [torch.randn(n, HEADS, DIM, generator=gen).to(dtype) for n in new]
     requests = fake_requests(totals, shuffle_blocks=True)
     for r, h in zip(requests, history, strict=True):
         r.num_computed_tokens = h
@@ -47,24 +47,45 @@ def _run(history: list[int], new: list[int], use_kernel: bool, monkeypatch):
     k = torch.cat([keys[i][history[i]:] for i in order])
     v = torch.cat([values[i][history[i]:] for i in order])
     if not use_kernel:
-        monkeypatch.setattr(attention, "paged_decode_attention", lambda: None)
+        monkeypatch.setattr(attention, "paged_decode_attention", lambda *_: None)
     out = paged_attention(q, k, v, cache, inputs.attention, DIM ** -0.5)
+    assert out.dtype == dtype
+    # bf16 inputs are exact in float32; the bf16 output carries one rounding (8 mantissa bits).
+    tol = 1e-5 if dtype == torch.float32 else 8e-3
     row = 0
     for i in order:
-        expected = _reference(queries[i], keys[i], values[i], history[i])
-        torch.testing.assert_close(out[row:row + new[i]], expected, atol=1e-5, rtol=1e-5)
+        expected = _reference(queries[i].float(), keys[i].float(), values[i].float(), history[i])
+        torch.testing.assert_close(out[row:row + new[i]].float(), expected, atol=tol, rtol=tol)
         row += new[i]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("use_kernel", [True, False])
-def test_mixed_decode_and_prefill_batch(use_kernel, monkeypatch):
-    if use_kernel and paged_decode_attention() is None:
+def test_mixed_decode_and_prefill_batch(use_kernel, dtype, monkeypatch):
+    if use_kernel and paged_decode_attention(str(dtype).removeprefix("torch.")) is None:
         pytest.skip("no C compiler")
-    _run(history=[5, 0, 17, 3, 0, 30], new=[1, 7, 1, 4, 1, 1], use_kernel=use_kernel, monkeypatch=monkeypatch)
+    _run(history=[5, 0, 17, 3, 0, 30], new=[1, 7, 1, 4, 1, 1], use_kernel=use_kernel, monkeypatch=monkeypatch,
+         dtype=dtype)
 
 
-def test_decode_only_batch_with_very_different_lengths(monkeypatch):
-    _run(history=[0, 1, 63, 120], new=[1, 1, 1, 1], use_kernel=True, monkeypatch=monkeypatch)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_only_batch_with_very_different_lengths(dtype, monkeypatch):
+    _run(history=[0, 1, 63, 120], new=[1, 1, 1, 1], use_kernel=True, monkeypatch=monkeypatch, dtype=dtype)
+
+
+def test_bf16_kernel_is_the_one_used(monkeypatch):
+    calls = []
+    real = attention.paged_decode_attention
+
+    def spy(kv_dtype="float32"):
+        calls.append(kv_dtype)
+        return real(kv_dtype)
+
+    monkeypatch.setattr(attention, "paged_decode_attention", spy)
+    if real("bfloat16") is None:
+        pytest.skip("no C compiler")
+    _run(history=[9], new=[1], use_kernel=True, monkeypatch=monkeypatch, dtype=torch.bfloat16)
+    assert calls == ["bfloat16"]
 
 
 def test_kv_layout_types():

@@ -61,15 +61,26 @@ def _cpu_flags() -> str:
     return ""
 
 
+# Cache element type -> suffix of the kernel compiled for it.
+KV_DTYPE_SUFFIXES = {"float32": "f32", "bfloat16": "bf16"}
+
+
 @functools.cache
-def paged_decode_attention() -> ctypes._CFuncPtr | None:
-    """The C decode-attention function, or None when kernels are unavailable or disabled."""
+def _attention_library() -> ctypes.CDLL | None:
     if os.environ.get("LLMSERVE_NO_KERNELS"):
         return None
     library = _compile(_SOURCE_DIR / "paged_attention.c")
-    if library is None:
+    return None if library is None else ctypes.CDLL(str(library))
+
+
+@functools.cache
+def paged_decode_attention(kv_dtype: str = "float32") -> ctypes._CFuncPtr | None:
+    """The C decode-attention function for a cache of `kv_dtype` (float32 queries and output),
+    or None when kernels are unavailable or disabled or the type has no kernel."""
+    library = _attention_library()
+    if library is None or kv_dtype not in KV_DTYPE_SUFFIXES:
         return None
-    fn = ctypes.CDLL(str(library)).paged_decode_attention
+    fn = getattr(library, f"paged_decode_attention_{KV_DTYPE_SUFFIXES[kv_dtype]}")
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float, ctypes.c_int]
     fn.restype = ctypes.c_int
