@@ -85,8 +85,9 @@ def _load_args(parser: argparse.ArgumentParser) -> None:
                       help="goodput targets over ttft, tpot, e2el, e.g. ttft=500ms,tpot=50ms (bare numbers: ms)")
     load.add_argument("--cost-per-hour", type=_arg_type(non_negative_finite), default=None,
                       help="USD per hour of the server's machine")
-    load.add_argument("--request-timeout", type=_arg_type(positive_finite), default=6 * 3600.0,
-                      help="seconds from send to the end of the stream before a request counts as failed")
+    load.add_argument("--request-timeout", type=_arg_type(positive_finite), default=None,
+                      help="seconds from send to the end of the stream before a request counts as failed "
+                           "(default: 6 hours)")
     load.add_argument("--seed", type=int, default=0)
     load.add_argument("--out", type=Path, default=None, help="write the results (JSON) here")
     load.add_argument("--plot", type=Path, default=None, help="write PNG plots into this folder")

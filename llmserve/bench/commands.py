@@ -14,11 +14,12 @@ import aiohttp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from llmserve.bench.client import DEFAULT_TIMEOUT_S
 from llmserve.bench.datasets import DatasetSpec
 from llmserve.bench.plots import plot_latency_cdfs, plot_sweep
 from llmserve.bench.report import compare_table, run_report, sweep_table
 from llmserve.bench.result import RequestResult
-from llmserve.bench.runner import BenchConfig, BenchRun, json_safe, load_runs, run_bench, run_sweep
+from llmserve.bench.runner import BenchConfig, BenchRun, load_runs, run_bench, run_sweep
 
 NON_TERMINAL_WIDTH = 160  # tables in logs and CI output should not wrap at rich's default of 80
 
@@ -34,7 +35,7 @@ def config_from_args(args: argparse.Namespace, request_rate: float) -> BenchConf
                        burstiness=args.burstiness, max_concurrency=args.max_concurrency, endpoint=args.endpoint,
                        priority_mix=args.priority_mix, slo=args.slo, cost_per_hour=args.cost_per_hour,
                        api_key=args.api_key, extra_body=args.extra_body, seed=args.seed,
-                       timeout_s=args.request_timeout)
+                       timeout_s=DEFAULT_TIMEOUT_S if args.request_timeout is None else args.request_timeout)
 
 
 def make_console() -> Console:
@@ -75,18 +76,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     config = config_from_args(args, args.rates[0])
     console = make_console()
-    done: list[BenchRun] = []
+    saved: list[dict[str, Any]] = []
 
     def finished(run: BenchRun) -> None:
         console.print(run_report(run, title=f"rate {run.config['request_rate']} req/s"))
-        done.append(run)
-        _write_json(args.out, {"sweep": [r.to_json() for r in done]})  # a sweep cut short keeps what it measured
+        saved.append(run.to_json())
+        _write_json(args.out, {"sweep": saved})  # a sweep cut short keeps what it measured
 
     with progress_bar(not args.no_progress, args.num_prompts * len(args.rates)) as on_done:
         runs = _run_or_explain(run_sweep(config, args.rates, on_done, finished), config)
     console.print(sweep_table(runs))
-    _write_outputs(console, args, {"sweep": [run.to_json() for run in runs]},
-                   lambda folder: [plot_sweep(runs, folder), *(_per_rate_cdfs(runs, folder))])
+    _write_outputs(console, args, None, lambda folder: [plot_sweep(runs, folder), *(_per_rate_cdfs(runs, folder))])
     return 0
 
 
@@ -131,10 +131,12 @@ def _run_or_explain(coro: Any, config: BenchConfig) -> Any:
                          "up? --model NAME sends the requests without asking") from None
 
 
-def _write_outputs(console: Console, args: argparse.Namespace, result: dict[str, Any],
+def _write_outputs(console: Console, args: argparse.Namespace, result: dict[str, Any] | None,
                    plot: Callable[[Path], list[Path]]) -> None:
+    """`result` None: the JSON is already written (a sweep saves each run as it ends)."""
     if args.out is not None:
-        _write_json(args.out, result)
+        if result is not None:
+            _write_json(args.out, result)
         console.print(f"results: {args.out}")
     if args.plot is not None:
         for path in plot(args.plot):
@@ -142,7 +144,8 @@ def _write_outputs(console: Console, args: argparse.Namespace, result: dict[str,
 
 
 def _write_json(path: Path | None, result: dict[str, Any]) -> None:
+    """`result` holds BenchRun.to_json() output, which is already strict JSON."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(result), indent=1) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n", encoding="utf-8")

@@ -158,10 +158,10 @@ def _record_request(record: Any, rng: random.Random, output_len: tuple[int, int]
         raise ValueError(f"{where}: the prompt is empty")
     n_out = record.get("max_tokens", record.get("output_len"))
     if n_out is None:
-        n_out = _estimate_tokens(reply) if reply else rng.randint(*output_len)
+        n_out = _estimate_tokens(len(reply)) if reply else rng.randint(*output_len)
     if not isinstance(n_out, int) or n_out < 1:
         raise ValueError(f"{where}: the output length must be a positive integer, got {n_out!r}")
-    return BenchRequest(prompt, n_out, _estimate_tokens_of_chars(chars))
+    return BenchRequest(prompt, n_out, _estimate_tokens(chars))
 
 
 def _messages(messages: list[Any], where: str) -> list[Message]:
@@ -187,9 +187,5 @@ def _sharegpt_turns(turns: list[Any], where: str) -> tuple[str, str]:
     return values[human][1], reply
 
 
-def _estimate_tokens(text: str) -> int:
-    return _estimate_tokens_of_chars(len(text))
-
-
-def _estimate_tokens_of_chars(chars: int) -> int:
+def _estimate_tokens(chars: int) -> int:
     return max(1, math.ceil(chars / CHARS_PER_TOKEN))

@@ -98,9 +98,11 @@ def build_requests(config: BenchConfig) -> list[BenchRequest]:
     return requests
 
 
-async def run_bench(config: BenchConfig, on_done: Callable[[RequestResult], None] | None = None) -> BenchRun:
-    """Send the dataset at the configured arrivals; failures of the server are counted, not raised."""
-    requests = build_requests(config)
+async def run_bench(config: BenchConfig, on_done: Callable[[RequestResult], None] | None = None,
+                    requests: Sequence[BenchRequest] | None = None) -> BenchRun:
+    """Send the dataset (or `requests`, already built from it) at the configured arrivals;
+    failures of the server are counted, not raised."""
+    requests = build_requests(config) if requests is None else requests
     arrivals = arrival_times(len(requests), config.request_rate, config.burstiness, config.seed)
     model = config.model or await first_model_id(config.url, config.api_key)
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -118,9 +120,10 @@ async def run_sweep(config: BenchConfig, rates: Sequence[float],
     (counted) instead of ending the sweep. `on_run` sees each run as it ends (to save it at once).
     """
     config = replace(config, model=config.model or await first_model_id(config.url, config.api_key))
+    requests = build_requests(config)  # the same for every rate: read a dataset file once
     runs = []
     for rate in rates:
-        run = await run_bench(replace(config, request_rate=rate), on_done)
+        run = await run_bench(replace(config, request_rate=rate), on_done, requests)
         if on_run is not None:
             on_run(run)
         runs.append(run)
