@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from llmserve.bench.cli import add_bench_parser
 from llmserve.sampling_params import SamplingParams
+from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
 
 
 def _engine_args(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,16 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-num-batched-tokens", type=int, default=512)
     group.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     group.add_argument("--seed", type=int, default=0)
+    classes = parser.add_argument_group("service classes")
+    classes.add_argument("--scheduling-policy", default="classes", choices=("classes", "fcfs"),
+                         help="classes: by service class and deadline, with shares and preemption; "
+                              "fcfs: arrival order")
+    classes.add_argument("--service-classes", default=None, metavar="FILE",
+                         help="a .toml or .yaml file of service classes (default: p0-p3)")
+    classes.add_argument("--service-class", action="append", default=None, metavar="SPEC",
+                         help="edit or add a class, e.g. p0:ttft=200ms,e2e=1s,share=0.4 (repeatable)")
+    classes.add_argument("--default-service-class", default=None, metavar="NAME",
+                         help="the class of requests that name none (default: the file's, else p3)")
 
 
 def _sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -42,7 +53,15 @@ def _sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
 def _engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(model=args.model, dtype=args.dtype, load_format=args.load_format, max_model_len=args.max_model_len,
                 kv_cache_memory=args.kv_cache_memory, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-                max_num_batched_tokens=args.max_num_batched_tokens, num_threads=args.threads, seed=args.seed)
+                max_num_batched_tokens=args.max_num_batched_tokens, num_threads=args.threads, seed=args.seed,
+                scheduling_policy=args.scheduling_policy, service_classes=_service_classes(args))
+
+
+def _service_classes(args: argparse.Namespace) -> ServiceClasses:
+    classes = ServiceClasses.from_file(args.service_classes) if args.service_classes else DEFAULT_SERVICE_CLASSES
+    for spec in args.service_class or ():
+        classes = classes.with_spec(spec)
+    return classes.with_default(args.default_service_class) if args.default_service_class else classes
 
 
 def _make_llm(args: argparse.Namespace):

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
+
 SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3")
 
 
@@ -106,7 +108,8 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     max_model_len: int = 8192
-    policy: str = "fcfs"
+    policy: str = "classes"  # classes | fcfs (engine/policy.py)
+    service_classes: ServiceClasses = DEFAULT_SERVICE_CLASSES
 
     def __post_init__(self) -> None:
         _at_least_one(max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
@@ -134,9 +137,9 @@ class EngineConfig:
     @classmethod
     def create(cls, model: str | None = None, *, dtype: str = "auto", max_model_len: int | None = None,
                kv_cache_memory: int | str = "2GiB", block_size: int = 16, num_kv_blocks: int | None = None,
-               max_num_seqs: int = 64, max_num_batched_tokens: int = 512, scheduling_policy: str = "fcfs",
-               load_format: str = "auto", seed: int = 0, num_threads: int | None = None,
-               device: str = "cpu") -> EngineConfig:
+               max_num_seqs: int = 64, max_num_batched_tokens: int = 512, scheduling_policy: str = "classes",
+               service_classes: ServiceClasses | None = None, load_format: str = "auto", seed: int = 0,
+               num_threads: int | None = None, device: str = "cpu") -> EngineConfig:
         """The flat keyword form that LLM(...), AsyncEngine.from_args(...) and the CLI share."""
         return cls(
             model=model, dtype=dtype, load_format=load_format, device=device, seed=seed,
@@ -144,7 +147,8 @@ class EngineConfig:
             cache=CacheConfig(block_size=block_size, kv_cache_memory=parse_size(kv_cache_memory),
                               num_blocks=num_kv_blocks),
             scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                                      policy=scheduling_policy),
+                                      policy=scheduling_policy,
+                                      service_classes=service_classes or DEFAULT_SERVICE_CLASSES),
         )
 
 

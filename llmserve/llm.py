@@ -25,7 +25,7 @@ class LLM:
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         """kwargs: dtype, max_model_len, kv_cache_memory, block_size, num_kv_blocks, max_num_seqs,
-        max_num_batched_tokens, scheduling_policy, load_format, seed, num_threads, device
+        max_num_batched_tokens, scheduling_policy, service_classes, load_format, seed, num_threads, device
         (see EngineConfig.create)."""
         config = EngineConfig.create(model, **kwargs)
         self.engine = LLMEngine(config)
@@ -36,12 +36,15 @@ class LLM:
         return self.engine.tokenizer
 
     def generate(self, prompts: Prompt | Sequence[Prompt],
-                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 priority: int | str | Sequence[int | str] | None = None) -> list[RequestOutput]:
+        """`priority`: a service class (rank or name) for every prompt, or one per prompt."""
         prompt_list = _as_prompt_list(prompts)
         params_list = _broadcast(sampling_params, len(prompt_list))
+        priorities = _broadcast_priority(priority, len(prompt_list))
         # Validate everything first so one bad prompt leaves nothing half-queued.
-        prepared = [self.engine.prepare(str(next(self._ids)), p, sp)
-                    for p, sp in zip(prompt_list, params_list, strict=True)]
+        prepared = [self.engine.prepare(str(next(self._ids)), p, sp, pr)
+                    for p, sp, pr in zip(prompt_list, params_list, priorities, strict=True)]
         for item in prepared:
             self.engine.add_prepared(item)
         return self._run([p.request_id for p in prepared])
@@ -91,3 +94,12 @@ def _broadcast(params: SamplingParams | Sequence[SamplingParams] | None, count: 
     if len(params) != count:
         raise ValueError(f"got {len(params)} sampling params for {count} prompts")
     return params
+
+
+def _broadcast_priority(priority: int | str | Sequence[int | str] | None, count: int) -> list[int | str | None]:
+    if priority is None or isinstance(priority, int | str):
+        return [priority] * count
+    priorities = list(priority)
+    if len(priorities) != count:
+        raise ValueError(f"got {len(priorities)} priorities for {count} prompts")
+    return priorities

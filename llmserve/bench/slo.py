@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 from llmserve.bench.result import RequestResult, request_tpot, request_ttft
+from llmserve.units import parse_duration_s
 
 SLO_METRICS = ("ttft", "tpot", "e2el")
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s)?\s*$", re.IGNORECASE)
-
-
-def parse_duration_s(text: str) -> float:
-    """'500ms' -> 0.5, '0.5s' -> 0.5; a bare number is milliseconds (vLLM's unit for --goodput)."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"a latency target is like 500ms or 0.5s, got {text!r}")
-    value = float(match.group(1))
-    return value if (match.group(2) or "ms").lower() == "s" else value / 1000
 
 
 @dataclass(frozen=True)

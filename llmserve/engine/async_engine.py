@@ -97,12 +97,12 @@ class AsyncEngine:
                            kv_cache_usage=self.engine.block_manager.usage)
 
     def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
-                priority: int = 0) -> PreparedRequest:
+                priority: int | str | None = None) -> PreparedRequest:
         """Validate and tokenize on the caller's thread; raises ValueError on bad input."""
         return self.engine.prepare(request_id, prompt, params, priority)
 
     async def generate(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
-                       priority: int = 0) -> AsyncIterator[RequestOutput]:
+                       priority: int | str | None = None) -> AsyncIterator[RequestOutput]:
         """Yields one RequestOutput per engine step that touched the request; the last has finished=True.
 
         Raises ValueError for bad input before anything is queued. Leaving the loop early aborts

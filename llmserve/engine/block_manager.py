@@ -31,6 +31,10 @@ class BlockManager:
         total = self.blocks_needed(request.num_computed_tokens + num_new_tokens)
         return max(0, total - len(request.block_ids))
 
+    def num_freeable_blocks(self, request: Request) -> int:
+        """Blocks that freeing `request` would return to the pool (those no one else holds)."""
+        return sum(1 for block in request.block_ids if self.ref_counts[block] == 1)
+
     def can_allocate(self, request: Request, num_new_tokens: int, reserve: int = 0) -> bool:
         return self.num_new_blocks(request, num_new_tokens) + reserve <= len(self._free)
 

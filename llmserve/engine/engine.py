@@ -35,7 +35,7 @@ class PreparedRequest:
     prompt: str | None
     prompt_token_ids: list[int]
     params: SamplingParams
-    priority: int = 0
+    priority: int = 0  # the service class's rank
 
 
 class LLMEngine:
@@ -96,9 +96,13 @@ class LLMEngine:
 
     # --- requests in ---------------------------------------------------------------------
     def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
-                priority: int = 0) -> PreparedRequest:
-        """Validate and tokenize; raises ValueError on bad input. Safe to call from any thread."""
+                priority: int | str | None = None) -> PreparedRequest:
+        """Validate and tokenize; raises ValueError on bad input. Safe to call from any thread.
+
+        `priority` names a service class, by rank (0 = most important) or name; None is the default class.
+        """
         params = params or SamplingParams()
+        rank = self.scheduler_config.service_classes.rank(priority)
         text, token_ids = self._tokenize(prompt)
         if not token_ids:
             raise ValueError("the prompt is empty")
@@ -110,7 +114,7 @@ class LLMEngine:
             raise ValueError(f"prompt token ids must lie in [0, {vocab})")
         if len(token_ids) >= self._pool_tokens:
             raise ValueError(f"the prompt has {len(token_ids)} tokens; the KV cache holds {self._pool_tokens}")
-        return PreparedRequest(request_id, text, token_ids, params, priority)
+        return PreparedRequest(request_id, text, token_ids, params, rank)
 
     @property
     def _pool_tokens(self) -> int:
@@ -133,7 +137,7 @@ class LLMEngine:
         return prompt, self.tokenizer.encode(prompt)
 
     def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
-                    priority: int = 0) -> None:
+                    priority: int | str | None = None) -> None:
         self.add_prepared(self.prepare(request_id, prompt, params, priority))
 
     def add_prepared(self, prepared: PreparedRequest) -> None:

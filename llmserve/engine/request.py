@@ -70,7 +70,7 @@ class Request:
     error: str | None = None
     num_preemptions: int = 0
     times: RequestTimes = field(default_factory=RequestTimes)
-    priority: int = 0
+    priority: int = 0  # the service class rank: 0 is the most important
     sequence_number: int = 0  # arrival order, the FCFS tie-breaker
 
     @property

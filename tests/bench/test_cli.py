@@ -168,7 +168,7 @@ def test_bad_arguments_name_the_problem(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as exit_info:
         bench(capsys, "serve", "--slo", "ttft=fast")
     assert exit_info.value.code == 2
-    assert "latency target is like 500ms" in capsys.readouterr().err
+    assert "a duration is like 500ms" in capsys.readouterr().err
 
 
 def test_run_plot_is_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

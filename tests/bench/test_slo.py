@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from llmserve.bench.result import RequestResult
-from llmserve.bench.slo import SLO, parse_duration_s
+from llmserve.bench.slo import SLO
+from llmserve.units import parse_duration_s
 
 
 def test_parse_units() -> None:

@@ -147,3 +147,31 @@ def test_max_tokens_none_runs_to_context_length(folder):
     out = llm.generate({"prompt_token_ids": list(range(3, 23))},
                        SamplingParams(temperature=0, max_tokens=None, ignore_eos=True))[0].outputs[0]
     assert len(out.token_ids) == 12 and out.finish_reason == "length"
+
+
+def test_preemption_by_a_higher_class_keeps_every_request_s_tokens(folder, alone):
+    engine = _engine(folder, max_num_seqs=3, max_num_batched_tokens=64)
+    prompts = _prompts(8)
+    for i in range(3):
+        engine.add_request(str(i), prompts[i], GREEDY, priority="p3")
+    for _ in range(5):
+        engine.step()
+    for i in range(3, 8):
+        engine.add_request(str(i), prompts[i], GREEDY, priority=0)
+    done = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out
+    assert [done[str(i)].outputs[0].token_ids for i in range(8)] == alone
+    assert sum(done[str(i)].metrics.num_preemptions for i in range(3)) > 0
+    assert sum(done[str(i)].metrics.num_preemptions for i in range(3, 8)) == 0
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_an_unknown_priority_is_refused_before_anything_is_queued(folder):
+    engine = _engine(folder)
+    for bad in (4, -1, "p9", True):
+        with pytest.raises(ValueError, match="priority|service class"):
+            engine.add_request("x", [5, 6, 7], GREEDY, priority=bad)
+    assert not engine.has_unfinished_requests()

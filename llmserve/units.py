@@ -1,0 +1,20 @@
+"""Parsing of human-written durations, shared by the service-class settings and the bench's SLOs."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s)?\s*$", re.IGNORECASE)
+
+
+def parse_duration_s(text: str | int | float) -> float:
+    """'500ms' -> 0.5, '0.5s' -> 0.5; a bare number is milliseconds (vLLM's unit for --goodput)."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"a duration cannot be negative, got {text!r}")
+        return float(text) / 1000
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"a duration is like 500ms or 0.5s, got {text!r}")
+    value = float(match.group(1))
+    return value if (match.group(2) or "ms").lower() == "s" else value / 1000
