@@ -18,6 +18,7 @@ from llmserve.config import EngineConfig
 from llmserve.engine.engine import LLMEngine, PreparedRequest, Prompt
 from llmserve.engine.outputs import EngineStats, RequestOutput
 from llmserve.sampling_params import SamplingParams
+from llmserve.service_classes import ServiceClasses
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,14 @@ class AsyncEngine:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    @property
+    def service_classes(self) -> ServiceClasses:
+        return self.engine.scheduler_config.service_classes
+
+    @property
+    def scheduling_policy(self) -> str:
+        return self.engine.scheduler_config.policy
 
     @property
     def num_active_requests(self) -> int:

@@ -20,7 +20,7 @@ from llmserve.server.errors import install_handlers
 from llmserve.server.metrics import ServerMetrics
 from llmserve.server.routes import router
 from llmserve.server.serving import Serving
-from llmserve.server.streams import Admission
+from llmserve.server.shedding import LoadShedder
 
 if TYPE_CHECKING:
     from llmserve.engine.async_engine import AsyncEngine
@@ -49,15 +49,17 @@ class ServerState:
     engine: AsyncEngine | None = None
     ready: bool = False
     load_error: str | None = None
+    shedder: LoadShedder | None = None  # built with the engine, which knows the service classes
     metrics: ServerMetrics = field(init=False)
-    admission: Admission = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = ServerMetrics(self.config.served_model_name, self.engine_stats)
-        self.admission = Admission(self.config.max_queued_requests)
+        self.metrics = ServerMetrics(self.config.served_model_name, self.engine_stats, self.queue_stats)
 
     def engine_stats(self) -> EngineStats | None:
         return self.engine.stats() if self.engine is not None else None
+
+    def queue_stats(self) -> list[tuple[str, int, float]]:
+        return self.shedder.snapshot() if self.shedder is not None else []
 
 
 EngineFactory = Callable[[], "AsyncEngine"]
@@ -99,7 +101,9 @@ async def _load(state: ServerState, factory: EngineFactory, on_failure: Callable
     try:
         engine = await asyncio.to_thread(factory)
         state.engine = engine
-        state.serving = Serving(engine, state.config.served_model_name, state.metrics, state.admission)
+        state.shedder = LoadShedder(engine.service_classes, state.config.max_queued_requests,
+                                    class_aware=engine.scheduling_policy == "classes")
+        state.serving = Serving(engine, state.config.served_model_name, state.metrics, state.shedder)
         if state.config.warmup:
             await warm_up(engine)
     except Exception as exc:

@@ -39,12 +39,12 @@ def render_prompt(serving: Serving, body: ChatCompletionRequest) -> dict[str, An
         raise bad_request(f"the chat template rejected these messages: {exc}", "messages") from None
 
 
-async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, received: float):
+async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, received: float, rank: int):
     serving.check_model(body.model)
     params = body.sampling_params(body.requested_max_tokens, body.num_logprobs)
     request_id = new_id("chatcmpl")
-    prepared = serving.prepare(request_id, [render_prompt(serving, body)], params, body.priority)
-    log = RequestLog(request_id, received, prompt_tokens=len(prepared[0].prompt_token_ids))
+    prepared = serving.prepare(request_id, [render_prompt(serving, body)], params, rank)
+    log = RequestLog(request_id, received, prompt_tokens=len(prepared[0].prepared.prompt_token_ids))
     shape = _Shape(serving, request_id, int(time.time()))
     if body.stream:
         events = _stream(serving, shape, prepared, received, body, log)

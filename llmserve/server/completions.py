@@ -23,20 +23,20 @@ from llmserve.server.serving import (
 )
 
 if TYPE_CHECKING:
-    from llmserve.engine.engine import PreparedRequest
     from llmserve.engine.outputs import CompletionOutput
     from llmserve.runner.sampler import TokenLogprobs
+    from llmserve.server.streams import QueuedPrompt
 
 
-async def create_completion(serving: Serving, body: CompletionRequest, received: float):
+async def create_completion(serving: Serving, body: CompletionRequest, received: float, rank: int):
     serving.check_model(body.model)
     if body.echo:
         raise bad_request("echo is not supported", "echo")
     params = body.sampling_params(body.max_tokens, body.logprobs)
     prompts = [{"prompt_token_ids": p} if isinstance(p, list) else p for p in body.prompts()]
     request_id = new_id("cmpl")
-    prepared = serving.prepare(request_id, prompts, params, body.priority)
-    log = RequestLog(request_id, received, prompt_tokens=sum(len(p.prompt_token_ids) for p in prepared))
+    prepared = serving.prepare(request_id, prompts, params, rank)
+    log = RequestLog(request_id, received, prompt_tokens=sum(len(q.prepared.prompt_token_ids) for q in prepared))
     shape = _Shape(serving, request_id, int(time.time()), body.n)
     if body.stream:
         events = _stream(serving, shape, prepared, received, body.include_usage, log)
@@ -79,7 +79,7 @@ class _Shape:
                 "top_logprobs": [{text(t): lp for t, lp in e.top} for e in entries], "text_offset": offsets}
 
 
-async def _stream(serving: Serving, shape: _Shape, prepared: list[PreparedRequest], received: float,
+async def _stream(serving: Serving, shape: _Shape, prepared: list[QueuedPrompt], received: float,
                   include_usage: bool, log: RequestLog) -> AsyncIterator[dict[str, Any]]:
     ended: set[tuple[int, int]] = set()  # choices whose finish_reason was sent
     async for index, output in serving.streams(prepared, received):

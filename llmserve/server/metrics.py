@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -15,6 +16,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from llmserve.engine.outputs import EngineStats
+
+if TYPE_CHECKING:
+    from llmserve.service_classes import ServiceClass
 
 PREFIX = "llmserve:"
 # Buckets as vLLM uses them: fine below a second, where interactive latency lives.
@@ -36,6 +40,7 @@ class RequestRecord:
     ttft: float | None = None
     queue_time: float | None = None
     inter_token_latencies: list[float] = field(default_factory=list)
+    service_class: ServiceClass | None = None
 
 
 class _EngineGauges(Collector):
@@ -55,8 +60,30 @@ class _EngineGauges(Collector):
             yield gauge
 
 
+class _QueueGauges(Collector):
+    """The server's queue per service class: requests without a first token, and their predicted wait."""
+
+    def __init__(self, model_name: str, queue: Callable[[], list[tuple[str, int, float]]]) -> None:
+        self.model_name = model_name
+        self.queue = queue
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rows = self.queue()
+        labels = ["model_name", "service_class"]
+        length = GaugeMetricFamily(PREFIX + "service_class_queue_length",
+                                   "Requests of a class waiting for their first token.", labels=labels)
+        wait = GaugeMetricFamily(PREFIX + "service_class_predicted_wait_seconds",
+                                 "Predicted queueing delay for a new request of a class.", labels=labels)
+        for name, queued, predicted in rows:
+            length.add_metric([self.model_name, name], float(queued))
+            wait.add_metric([self.model_name, name], predicted)
+        yield length
+        yield wait
+
+
 class ServerMetrics:
-    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None]) -> None:
+    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None],
+                 queue: Callable[[], list[tuple[str, int, float]]] = list) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model_name"]
@@ -77,6 +104,25 @@ class ServerMetrics:
         self.success = Counter(PREFIX + "request_success", "Finished requests by finish reason.",
                                labels + ["finished_reason"], registry=self.registry)
         self.registry.register(_EngineGauges(model_name, stats))
+        self._class_metrics(queue)
+
+    def _class_metrics(self, queue: Callable[[], list[tuple[str, int, float]]]) -> None:
+        labels = ["model_name", "service_class"]
+        self.class_ttft = Histogram(PREFIX + "service_class_time_to_first_token_seconds",
+                                    "Time to first token, by service class.", labels, buckets=TTFT_BUCKETS,
+                                    registry=self.registry)
+        self.class_e2e = Histogram(PREFIX + "service_class_e2e_request_latency_seconds",
+                                   "End-to-end request latency, by service class.", labels, buckets=REQUEST_BUCKETS,
+                                   registry=self.registry)
+        self.slo = Counter(PREFIX + "service_class_slo_requests",
+                           "Requests of a class with a latency target that ended, by whether they met it "
+                           "(a failed request misses).", labels + ["target", "result"], registry=self.registry)
+        self.shed = Counter(PREFIX + "service_class_requests_shed", "Requests refused with 429, by class and reason.",
+                            labels + ["reason"], registry=self.registry)
+        self.registry.register(_QueueGauges(self.model_name, queue))
+
+    def record_shed(self, service_class: str, reason: str) -> None:
+        self.shed.labels(self.model_name, service_class, reason).inc()
 
     def record(self, record: RequestRecord) -> None:
         name = self.model_name
@@ -92,6 +138,22 @@ class ServerMetrics:
             itl.observe(gap)
         if record.finish_reason in ("stop", "length", "abort", "error"):
             self.success.labels(name, record.finish_reason).inc()
+        if record.service_class is not None:
+            self._record_class(record, record.service_class)
+
+    def _record_class(self, record: RequestRecord, cls: ServiceClass) -> None:
+        labels = (self.model_name, cls.name)
+        if record.ttft is not None:
+            self.class_ttft.labels(*labels).observe(record.ttft)
+        self.class_e2e.labels(*labels).observe(record.e2e_latency)
+        if record.finish_reason == "abort":
+            return  # the client left: no verdict on the target
+        failed = record.finish_reason == "error"
+        for target, bound, value in (("ttft", cls.ttft_target, record.ttft), ("e2e", cls.e2e_target,
+                                                                             record.e2e_latency)):
+            if bound is not None:
+                met = not failed and value is not None and value <= bound
+                self.slo.labels(*labels, target, "met" if met else "missed").inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

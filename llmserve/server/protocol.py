@@ -44,7 +44,14 @@ class _SamplingFields(BaseModel):
     stop_token_ids: list[StrictInt] | None = None
     skip_special_tokens: StrictBool = True
     include_stop_str_in_output: StrictBool = False
-    priority: StrictInt = 0
+    priority: Any = None  # a service class: its rank or name; None: the default class
+
+    @field_validator("priority")
+    @classmethod
+    def _priority_is_a_rank_or_name(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise ValueError("priority must be a service class name or an integer rank")
 
     @property
     def include_usage(self) -> bool:

@@ -1,4 +1,5 @@
-"""HTTP routes. Bodies are parsed here, after the admission check, so a full queue costs nothing."""
+"""HTTP routes. A request is checked against the queue before its body is read, and once more for
+its own service class after the JSON is parsed: either way before any tokenization or model work."""
 
 from __future__ import annotations
 
@@ -71,27 +72,47 @@ async def models(request: Request) -> dict:
 
 @v1.post("/completions")
 async def completions(request: Request) -> Response:
-    serving, received = _admit(request)
+    serving, received, header_rank = _admit(request)
     body = await _parse(request, CompletionRequest)
-    return await create_completion(serving, body, received)
+    rank = _admit_class(request, body.priority, header_rank)
+    return await create_completion(serving, body, received, rank)
 
 
 @v1.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    serving, received = _admit(request)
+    serving, received, header_rank = _admit(request)
     body = await _parse(request, ChatCompletionRequest)
-    return await create_chat_completion(serving, body, received)
+    rank = _admit_class(request, body.priority, header_rank)
+    return await create_chat_completion(serving, body, received, rank)
 
 
-def _admit(request: Request) -> tuple[Serving, float]:
-    """Refuse at once, before reading the body, when the server cannot take the request."""
+def _admit(request: Request) -> tuple[Serving, float, int | None]:
+    """Refuse at once, before reading the body, when no class could get in (or the header's cannot)."""
     received = time.monotonic()
     state = server_state(request)
-    if not state.ready or state.serving is None:
+    if not state.ready or state.serving is None or state.shedder is None:
         raise APIError(503, "the model is still loading; retry shortly", code="loading",
                        headers={"Retry-After": "1"})
-    state.admission.check()
-    return state.serving, received
+    header = request.headers.get("x-priority")
+    header_rank = None if header is None else _rank(state, header, "X-Priority")
+    # Class 0 is the least likely to be refused; the request's own class is checked again, with
+    # its prompts' queue entry, once the body names it (Serving.prepare).
+    state.serving.check_class(0 if header_rank is None else header_rank)
+    return state.serving, received, header_rank
+
+
+def _admit_class(request: Request, body_priority: int | str | None, header_rank: int | None) -> int:
+    """The request's class: the X-Priority header (what a gateway sets) wins over the body's field."""
+    if header_rank is not None:
+        return header_rank
+    return _rank(server_state(request), body_priority, "priority")
+
+
+def _rank(state: ServerState, value: int | str | None, param: str) -> int:
+    try:
+        return state.shedder.classes.rank(value)
+    except ValueError as exc:
+        raise APIError(400, f"{param}: {exc}", param=param.lower()) from None
 
 
 Body = TypeVar("Body", bound=BaseModel)

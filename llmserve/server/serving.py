@@ -12,14 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from llmserve.server.errors import APIError, bad_request, error_body
 from llmserve.server.metrics import ServerMetrics
-from llmserve.server.streams import Admission, merge, tracked_stream
+from llmserve.server.shedding import Shed
+from llmserve.server.streams import QueuedPrompt, merge, tracked_stream
 
 if TYPE_CHECKING:
     from llmserve.engine.async_engine import AsyncEngine
-    from llmserve.engine.engine import PreparedRequest, Prompt
+    from llmserve.engine.engine import Prompt
     from llmserve.engine.outputs import CompletionOutput, RequestOutput
     from llmserve.runner.sampler import TokenLogprobs
     from llmserve.sampling_params import SamplingParams
+    from llmserve.server.shedding import LoadShedder
 
 logger = logging.getLogger("llmserve.server")
 
@@ -48,11 +50,11 @@ class RequestLog:
 
 
 class Serving:
-    def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics, admission: Admission) -> None:
+    def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics, shedder: LoadShedder) -> None:
         self.engine = engine
         self.model_name = model_name
         self.metrics = metrics
-        self.admission = admission
+        self.shedder = shedder
         self.tokenizer = engine.tokenizer
 
     def check_model(self, requested: str | None) -> None:
@@ -61,20 +63,33 @@ class Serving:
                            param="model", code="model_not_found")
 
     def prepare(self, request_id: str, prompts: Iterable[Prompt], params: SamplingParams,
-                priority: int) -> list[PreparedRequest]:
-        """Tokenize and validate every prompt before any reaches the engine: all or nothing."""
+                rank: int) -> list[QueuedPrompt]:
+        """Admit the class, then tokenize and validate every prompt before any reaches the engine: all
+        or nothing. No await between the check and the queue entry, so a burst cannot overfill it."""
+        self.check_class(rank)
         prepared = []
         for index, prompt in enumerate(prompts):
             try:
-                prepared.append(self.engine.prepare(f"{request_id}-{index}", prompt, params, priority))
+                prepared.append(self.engine.prepare(f"{request_id}-{index}", prompt, params, rank))
             except ValueError as exc:
                 raise bad_request(str(exc), "prompt") from None
-        return prepared
+        service_class = self.shedder.classes[rank]
+        # n sequences each compute the prompt: all of it is work ahead of whoever queues next.
+        return [QueuedPrompt(p, self.shedder.enter(rank, len(p.prompt_token_ids) * p.params.n), service_class)
+                for p in prepared]
 
-    def streams(self, prepared: list[PreparedRequest], received: float) -> AsyncIterator[tuple[int, RequestOutput]]:
-        return merge([tracked_stream(self.engine, p, self.admission, self.metrics, received) for p in prepared])
+    def check_class(self, rank: int) -> None:
+        """Refuse with 429 (and count it) when class `rank` should be shed now."""
+        try:
+            self.shedder.check(rank)
+        except Shed as shed:
+            self.metrics.record_shed(self.shedder.classes[rank].name, shed.reason)
+            raise
 
-    async def final_outputs(self, prepared: list[PreparedRequest], received: float,
+    def streams(self, queued: list[QueuedPrompt], received: float) -> AsyncIterator[tuple[int, RequestOutput]]:
+        return merge([tracked_stream(self.engine, q, self.metrics, received) for q in queued])
+
+    async def final_outputs(self, prepared: list[QueuedPrompt], received: float,
                             log: RequestLog) -> list[RequestOutput]:
         """Runs every prompt to the end; an engine failure of any becomes a 500 (and its log line)."""
         finals: list[RequestOutput | None] = [None] * len(prepared)

@@ -1,4 +1,4 @@
-"""Engine streams as the server sees them: admission counting, per-request metrics, and merging.
+"""Engine streams as the server sees them: the queue per class, per-request metrics, and merging.
 
 One HTTP request may fan out to several engine requests (a list of prompts); `merge` interleaves
 their outputs and, when the consumer stops early (a client disconnect), aborts every one of them.
@@ -12,26 +12,23 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from llmserve.server.errors import APIError
 from llmserve.server.metrics import RequestRecord, ServerMetrics
 
 if TYPE_CHECKING:
     from llmserve.engine.async_engine import AsyncEngine
     from llmserve.engine.engine import PreparedRequest
     from llmserve.engine.outputs import RequestOutput
+    from llmserve.server.shedding import Ticket
+    from llmserve.service_classes import ServiceClass
 
 
-@dataclass
-class Admission:
-    """Counts engine requests that have not produced a first token yet: the server's queue."""
+@dataclass(eq=False)
+class QueuedPrompt:
+    """A tokenized prompt holding its place in the server's queue until its first token."""
 
-    max_queued: int | None
-    queued: int = 0
-
-    def check(self, retry_after_s: int = 1) -> None:
-        if self.max_queued is not None and self.queued >= self.max_queued:
-            raise APIError(429, f"the server's queue is full ({self.queued} requests waiting); retry later",
-                           code="queue_full", headers={"Retry-After": str(retry_after_s)})
+    prepared: PreparedRequest
+    ticket: Ticket
+    service_class: ServiceClass
 
 
 @dataclass
@@ -52,26 +49,24 @@ class _Progress:
         self.last_token = now
 
 
-async def tracked_stream(engine: AsyncEngine, prepared: PreparedRequest, admission: Admission,
-                         metrics: ServerMetrics, received: float) -> AsyncIterator[RequestOutput]:
+async def tracked_stream(engine: AsyncEngine, queued: QueuedPrompt, metrics: ServerMetrics,
+                         received: float) -> AsyncIterator[RequestOutput]:
     """engine.stream() plus the bookkeeping: leaves the queue at its first token, records metrics at the end."""
     progress = _Progress(received)
     gaps: list[float] = []
-    admission.queued += 1
     try:
-        async for output in engine.stream(prepared):
-            was_queued = progress.first_token is None
+        async for output in engine.stream(queued.prepared):
             progress.saw(output, time.monotonic(), gaps)
-            if was_queued and progress.first_token is not None:
-                admission.queued -= 1
+            if progress.first_token is not None:
+                queued.ticket.leave(served=True)
             yield output
     finally:
-        if progress.first_token is None:
-            admission.queued -= 1
-        metrics.record(_record(prepared, progress, gaps))
+        queued.ticket.leave(served=False)
+        metrics.record(_record(queued.prepared, progress, gaps, queued.service_class))
 
 
-def _record(prepared: PreparedRequest, progress: _Progress, gaps: list[float]) -> RequestRecord:
+def _record(prepared: PreparedRequest, progress: _Progress, gaps: list[float],
+            service_class: ServiceClass) -> RequestRecord:
     last = progress.last
     reason = "abort"  # the stream ended before the engine finished it: a disconnect
     generated = 0
@@ -86,7 +81,7 @@ def _record(prepared: PreparedRequest, progress: _Progress, gaps: list[float]) -
     ttft = None if progress.first_token is None else progress.first_token - progress.received
     return RequestRecord(prompt_tokens=len(prepared.prompt_token_ids), generation_tokens=generated,
                          finish_reason=reason, e2e_latency=time.monotonic() - progress.received, ttft=ttft,
-                         queue_time=queue_time, inter_token_latencies=gaps)
+                         queue_time=queue_time, inter_token_latencies=gaps, service_class=service_class)
 
 
 def _overall_reason(output: RequestOutput) -> str:

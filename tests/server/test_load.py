@@ -48,7 +48,7 @@ def test_queue_full_gets_429_with_retry_after_before_any_work(engine, monkeypatc
         waiting = threading.Thread(target=lambda: httpx.post(url, json={**LONG, "max_tokens": 4, "stream": False},
                                                              timeout=60))
         waiting.start()
-        assert wait_until(lambda: live.state.admission.queued == 1)
+        assert wait_until(lambda: live.state.shedder.total_queued == 1)
         prompt_tokens_before = scrape(live.url).get(tokens, 0.0)
         start = time.monotonic()
         # A body the server would choke on: refused before it is even read.
