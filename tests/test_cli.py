@@ -54,3 +54,24 @@ def test_chat_over_stdin() -> None:
     # What follows the first "> " prompt is the streamed reply, then the prompt for the next line.
     reply = rest.split("> ", 1)[1].rsplit("> ", 1)[0] if rest.count("> ") >= 2 else ""
     assert reply.strip(), result.stdout
+
+
+def test_service_class_flags_reach_the_engine(tmp_path: Path) -> None:
+    from llmserve.cli import _engine_kwargs, build_parser
+
+    path = tmp_path / "classes.yaml"
+    path.write_text("default: bulk\nclasses:\n  - {name: gold, ttft: 1s, share: 0.7}\n"
+                    "  - {name: bulk, share: 0.3}\n")
+    args = build_parser().parse_args(["serve", "--scheduling-policy", "fcfs", "--service-classes", str(path),
+                                      "--service-class", "gold:e2e=9s", "--default-service-class", "gold"])
+    kwargs = _engine_kwargs(args)
+    classes = kwargs["service_classes"]
+    assert kwargs["scheduling_policy"] == "fcfs"
+    assert classes.names == ["gold", "bulk"] and classes.default == "gold"
+    assert (classes[0].ttft_target, classes[0].e2e_target, classes[0].share) == (1.0, 9.0, 0.7)
+
+
+def test_a_bad_service_class_is_a_one_line_error() -> None:
+    result = _run_cli("serve", "--service-class", "p0:ttft=soon")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "duration" in result.stderr
