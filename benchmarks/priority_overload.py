@@ -31,6 +31,7 @@ from llmserve.bench.datasets import DatasetSpec  # noqa: E402
 from llmserve.bench.runner import BenchConfig, BenchRun, run_bench  # noqa: E402
 from llmserve.bench.slo import SLO  # noqa: E402
 from llmserve.bench.stats import metric_values, percentile  # noqa: E402
+from llmserve.bench.workload import parse_length  # noqa: E402
 from llmserve.service_classes import ServiceClasses  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -56,10 +57,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def dataset(args: argparse.Namespace, num: int) -> DatasetSpec:
-    lo, _, hi = args.input_len.partition(":")
-    out_lo, _, out_hi = args.output_len.partition(":")
-    return DatasetSpec(kind="random", num_prompts=num, input_len=(int(lo), int(hi or lo)),
-                       output_len=(int(out_lo), int(out_hi or out_lo)), vocab_size=49152, seed=args.seed)
+    return DatasetSpec(kind="random", num_prompts=num, input_len=parse_length(args.input_len),
+                       output_len=parse_length(args.output_len), vocab_size=49152, seed=args.seed)
 
 
 def server_args(args: argparse.Namespace, policy: str, extra: list[str], queue_limit: bool = True) -> list[str]:

@@ -40,8 +40,9 @@ class LLM:
                  priority: int | str | Sequence[int | str] | None = None) -> list[RequestOutput]:
         """`priority`: a service class (rank or name) for every prompt, or one per prompt."""
         prompt_list = _as_prompt_list(prompts)
-        params_list = _broadcast(sampling_params, len(prompt_list))
-        priorities = _broadcast_priority(priority, len(prompt_list))
+        params_list = [p or SamplingParams() for p in
+                       _per_prompt(sampling_params, len(prompt_list), SamplingParams, "sampling params")]
+        priorities = _per_prompt(priority, len(prompt_list), (int, str), "priorities")
         # Validate everything first so one bad prompt leaves nothing half-queued.
         prepared = [self.engine.prepare(str(next(self._ids)), p, sp, pr)
                     for p, sp, pr in zip(prompt_list, params_list, priorities, strict=True)]
@@ -85,21 +86,11 @@ def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     return items
 
 
-def _broadcast(params: SamplingParams | Sequence[SamplingParams] | None, count: int) -> list[SamplingParams]:
-    if params is None:
-        return [SamplingParams() for _ in range(count)]
-    if isinstance(params, SamplingParams):
-        return [params] * count
-    params = list(params)
-    if len(params) != count:
-        raise ValueError(f"got {len(params)} sampling params for {count} prompts")
-    return params
-
-
-def _broadcast_priority(priority: int | str | Sequence[int | str] | None, count: int) -> list[int | str | None]:
-    if priority is None or isinstance(priority, int | str):
-        return [priority] * count
-    priorities = list(priority)
-    if len(priorities) != count:
-        raise ValueError(f"got {len(priorities)} priorities for {count} prompts")
-    return priorities
+def _per_prompt(value: Any, count: int, single: type | tuple[type, ...], what: str) -> list[Any]:
+    """One value for every prompt (a single one, or None, repeated), or a list of exactly `count`."""
+    if value is None or isinstance(value, single):
+        return [value] * count
+    values = list(value)
+    if len(values) != count:
+        raise ValueError(f"got {len(values)} {what} for {count} prompts")
+    return values

@@ -85,17 +85,18 @@ class Scheduler:
         step = _Step(shares.budget(config.max_num_batched_tokens), shares)
         self.running.sort(key=self.policy.key)
         self.waiting.sort(key=self.policy.key)
-        self._schedule_running(step)
-        if not step.out_of_blocks:
-            self._schedule_waiting(step)
-            if step.budget.owed and step.budget.remaining > 0 and not step.out_of_blocks:
-                step.budget.owed.clear()  # shares a class could not use go to whoever can
-                self._schedule_running(step)
-                if not step.out_of_blocks:
-                    self._schedule_waiting(step)
+        self._fill(step)
+        if step.budget.owed and step.budget.remaining > 0 and not step.out_of_blocks:
+            step.budget.owed.clear()  # shares a class could not use go to whoever can
+            self._fill(step)
         # Decodes first: the runner batches them in one attention group.
         scheduled = sorted(step.grants.items(), key=lambda item: item[1] != 1)
         return SchedulerOutput(scheduled, step.preempted)
+
+    def _fill(self, step: _Step) -> None:
+        self._schedule_running(step)
+        if not step.out_of_blocks:  # admitting new work would only preempt it again
+            self._schedule_waiting(step)
 
     # --- running requests ----------------------------------------------------------------
     def _schedule_running(self, step: _Step) -> None:

@@ -72,18 +72,25 @@ async def models(request: Request) -> dict:
 
 @v1.post("/completions")
 async def completions(request: Request) -> Response:
-    serving, received, header_rank = _admit(request)
-    body = await _parse(request, CompletionRequest)
-    rank = _admit_class(request, body.priority, header_rank)
+    serving, body, received, rank = await _accept(request, CompletionRequest)
     return await create_completion(serving, body, received, rank)
 
 
 @v1.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    serving, received, header_rank = _admit(request)
-    body = await _parse(request, ChatCompletionRequest)
-    rank = _admit_class(request, body.priority, header_rank)
+    serving, body, received, rank = await _accept(request, ChatCompletionRequest)
     return await create_chat_completion(serving, body, received, rank)
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def _accept(request: Request, model: type[Body]) -> tuple[Serving, Body, float, int]:
+    """Admission before the body is read, then the body, then the request's class."""
+    serving, received, header_rank = _admit(request)
+    body = await _parse(request, model)
+    rank = header_rank if header_rank is not None else _rank(server_state(request), body.priority, "priority")
+    return serving, body, received, rank
 
 
 def _admit(request: Request) -> tuple[Serving, float, int | None]:
@@ -93,6 +100,7 @@ def _admit(request: Request) -> tuple[Serving, float, int | None]:
     if not state.ready or state.serving is None or state.shedder is None:
         raise APIError(503, "the model is still loading; retry shortly", code="loading",
                        headers={"Retry-After": "1"})
+    # The X-Priority header (what a gateway sets per tenant) wins over the body's `priority`.
     header = request.headers.get("x-priority")
     header_rank = None if header is None else _rank(state, header, "X-Priority")
     # Class 0 is the least likely to be refused; the request's own class is checked again, with
@@ -101,21 +109,11 @@ def _admit(request: Request) -> tuple[Serving, float, int | None]:
     return state.serving, received, header_rank
 
 
-def _admit_class(request: Request, body_priority: int | str | None, header_rank: int | None) -> int:
-    """The request's class: the X-Priority header (what a gateway sets) wins over the body's field."""
-    if header_rank is not None:
-        return header_rank
-    return _rank(server_state(request), body_priority, "priority")
-
-
 def _rank(state: ServerState, value: int | str | None, param: str) -> int:
     try:
         return state.shedder.classes.rank(value)
     except ValueError as exc:
         raise APIError(400, f"{param}: {exc}", param=param.lower()) from None
-
-
-Body = TypeVar("Body", bound=BaseModel)
 
 
 async def _parse(request: Request, model: type[Body]) -> Body:

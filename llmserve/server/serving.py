@@ -73,10 +73,8 @@ class Serving:
                 prepared.append(self.engine.prepare(f"{request_id}-{index}", prompt, params, rank))
             except ValueError as exc:
                 raise bad_request(str(exc), "prompt") from None
-        service_class = self.shedder.classes[rank]
         # n sequences each compute the prompt: all of it is work ahead of whoever queues next.
-        return [QueuedPrompt(p, self.shedder.enter(rank, len(p.prompt_token_ids) * p.params.n), service_class)
-                for p in prepared]
+        return [QueuedPrompt(p, self.shedder.enter(rank, len(p.prompt_token_ids) * p.params.n)) for p in prepared]
 
     def check_class(self, rank: int) -> None:
         """Refuse with 429 (and count it) when class `rank` should be shed now."""

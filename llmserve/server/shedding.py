@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmserve.server.errors import APIError
-from llmserve.service_classes import ServiceClasses
+from llmserve.service_classes import ServiceClass, ServiceClasses
 
 RATE_WINDOW_S = 10.0  # busy seconds of departures the drain rate is measured over
 QUEUE_FULL, LATE = "queue_full", "predicted_wait"
@@ -38,6 +38,10 @@ class Ticket:
     rank: int
     tokens: int
     done: bool = False
+
+    @property
+    def service_class(self) -> ServiceClass:
+        return self.shedder.classes[self.rank]
 
     def leave(self, served: bool) -> None:
         self.shedder.leave(self, served)

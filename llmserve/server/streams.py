@@ -28,7 +28,6 @@ class QueuedPrompt:
 
     prepared: PreparedRequest
     ticket: Ticket
-    service_class: ServiceClass
 
 
 @dataclass
@@ -62,7 +61,7 @@ async def tracked_stream(engine: AsyncEngine, queued: QueuedPrompt, metrics: Ser
             yield output
     finally:
         queued.ticket.leave(served=False)
-        metrics.record(_record(queued.prepared, progress, gaps, queued.service_class))
+        metrics.record(_record(queued.prepared, progress, gaps, queued.ticket.service_class))
 
 
 def _record(prepared: PreparedRequest, progress: _Progress, gaps: list[float],
