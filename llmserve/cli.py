@@ -22,6 +22,8 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None)
     group.add_argument("--kv-cache-memory", default="2GiB", help="KV cache pool size, e.g. 2GiB")
     group.add_argument("--block-size", type=int, default=16)
+    group.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                       help="reuse the KV of full blocks shared with earlier prompts (default: on)")
     group.add_argument("--max-num-seqs", type=int, default=64)
     group.add_argument("--max-num-batched-tokens", type=int, default=512)
     group.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -52,7 +54,8 @@ def _sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(model=args.model, dtype=args.dtype, load_format=args.load_format, max_model_len=args.max_model_len,
-                kv_cache_memory=args.kv_cache_memory, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+                kv_cache_memory=args.kv_cache_memory, block_size=args.block_size,
+                enable_prefix_caching=args.prefix_caching, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, num_threads=args.threads, seed=args.seed,
                 scheduling_policy=args.scheduling_policy, service_classes=_service_classes(args))
 

@@ -97,6 +97,7 @@ class CacheConfig:
     block_size: int = 16
     kv_cache_memory: int = 2 << 30  # bytes for the whole KV pool
     num_blocks: int | None = None  # overrides kv_cache_memory when set (tests)
+    enable_prefix_caching: bool = True  # reuse full KV blocks across requests that share a prefix
 
     def __post_init__(self) -> None:
         _at_least_one(block_size=self.block_size, kv_cache_memory=self.kv_cache_memory,
@@ -137,7 +138,8 @@ class EngineConfig:
     @classmethod
     def create(cls, model: str | None = None, *, dtype: str = "auto", max_model_len: int | None = None,
                kv_cache_memory: int | str = "2GiB", block_size: int = 16, num_kv_blocks: int | None = None,
-               max_num_seqs: int = 64, max_num_batched_tokens: int = 512, scheduling_policy: str = "classes",
+               enable_prefix_caching: bool = True, max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
+               scheduling_policy: str = "classes",
                service_classes: ServiceClasses | None = None, load_format: str = "auto", seed: int = 0,
                num_threads: int | None = None, device: str = "cpu") -> EngineConfig:
         """The flat keyword form that LLM(...), AsyncEngine.from_args(...) and the CLI share."""
@@ -145,7 +147,7 @@ class EngineConfig:
             model=model, dtype=dtype, load_format=load_format, device=device, seed=seed,
             num_threads=num_threads, max_model_len=max_model_len,
             cache=CacheConfig(block_size=block_size, kv_cache_memory=parse_size(kv_cache_memory),
-                              num_blocks=num_kv_blocks),
+                              num_blocks=num_kv_blocks, enable_prefix_caching=enable_prefix_caching),
             scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                                       policy=scheduling_policy,
                                       service_classes=service_classes or DEFAULT_SERVICE_CLASSES),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from llmserve.engine.block_manager import BlockManager
@@ -45,8 +47,7 @@ def fake_requests(lengths: list[int], block_size: int = 4, shuffle_blocks: bool 
     manager = BlockManager(num_blocks, block_size)
     if shuffle_blocks:
         order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(1)).tolist()
-        manager._free.clear()
-        manager._free.extend(order)
+        manager._free = OrderedDict.fromkeys(order)
     requests = []
     for i, n in enumerate(lengths):
         r = Request(str(i), str(i), 0, list(range(3, 3 + n)), SamplingParams(), 16, ())

@@ -17,6 +17,7 @@ from typing import Any
 from llmserve.config import EngineConfig
 from llmserve.engine.engine import LLMEngine, PreparedRequest, Prompt
 from llmserve.engine.outputs import EngineStats, RequestOutput
+from llmserve.engine.prefix_cache import PrefixCacheStats
 from llmserve.sampling_params import SamplingParams
 from llmserve.service_classes import ServiceClasses
 
@@ -102,8 +103,11 @@ class AsyncEngine:
     def stats(self) -> EngineStats:
         """A snapshot for metrics; read from another thread, so counts may be one step old."""
         scheduler = self.engine.scheduler
+        blocks = self.engine.block_manager
+        cache = blocks.prefix_cache.stats if blocks.prefix_cache is not None else PrefixCacheStats()
         return EngineStats(num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
-                           kv_cache_usage=self.engine.block_manager.usage)
+                           kv_cache_usage=blocks.usage, prefix_cache_queries=cache.queries,
+                           prefix_cache_hits=cache.hits)
 
     def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
                 priority: int | str | None = None) -> PreparedRequest:

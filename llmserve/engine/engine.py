@@ -15,6 +15,7 @@ from llmserve.engine.block_manager import BlockManager
 from llmserve.engine.detokenizer import IncrementalDetokenizer
 from llmserve.engine.output_builder import OutputBuilder
 from llmserve.engine.outputs import RequestOutput
+from llmserve.engine.prefix_cache import PrefixCache, root_hash
 from llmserve.engine.request import Request, RequestStatus
 from llmserve.engine.scheduler import Scheduler
 from llmserve.model.attention import kv_bytes_per_block
@@ -52,7 +53,11 @@ class LLMEngine:
         self.model_path = loaded.path
         self.max_model_len = self._resolve_max_len(config.max_model_len)
         num_blocks = self._num_blocks()
-        self.block_manager = BlockManager(num_blocks, config.cache.block_size)
+        prefix_cache = None
+        if config.cache.enable_prefix_caching:
+            identity = (str(self.model_path), config.load_format, str(self.dtype), str(config.seed))
+            prefix_cache = PrefixCache(root_hash(*identity))
+        self.block_manager = BlockManager(num_blocks, config.cache.block_size, prefix_cache)
         sched = replace(config.scheduler, max_model_len=self.max_model_len)
         self.scheduler = Scheduler(sched, self.block_manager)
         self.runner = ModelRunner(loaded.model, self.model_config, num_blocks, config.cache.block_size,
@@ -195,6 +200,7 @@ class LLMEngine:
             return self._fail(plan.scheduled, f"internal error: {exc}")
         for request, num_new in plan.scheduled:
             request.num_computed_tokens += num_new
+            self.block_manager.cache_full_blocks(request)
         touched = {r.parent_id for r, _ in plan.scheduled}
         failed: list[RequestOutput] = []
         for token in sampled:

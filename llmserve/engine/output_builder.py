@@ -41,7 +41,7 @@ class OutputBuilder:
                                  max((c.times.finished or 0.0) for c in children) if finished else None,
                                  sum(c.num_preemptions for c in children))
         return RequestOutput(parent_id, sent.prompt, sent.prompt_token_ids, outputs, finished,
-                             errors[0] if errors else None, metrics)
+                             errors[0] if errors else None, metrics, first.num_cached_tokens)
 
     def _completion(self, sent: _Sent, child: Request) -> CompletionOutput:
         i = child.index

@@ -43,6 +43,7 @@ class RequestOutput:
     finished: bool
     error: str | None = None
     metrics: RequestMetrics | None = None
+    num_cached_tokens: int | None = None  # prompt tokens whose KV came from the prefix cache (None: not yet run)
 
     @property
     def num_generated_tokens(self) -> int:
@@ -54,3 +55,5 @@ class EngineStats:
     num_running: int
     num_waiting: int
     kv_cache_usage: float  # fraction of KV blocks in use, 0..1
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache (cumulative)
+    prefix_cache_hits: int = 0  # of those, tokens whose KV was found cached

@@ -65,6 +65,9 @@ class Request:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     num_computed_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache keys of its full blocks
+    num_committed_blocks: int = 0  # leading blocks already offered to the prefix cache
+    num_cached_tokens: int | None = None  # prompt tokens found in the prefix cache at first admission
     status: RequestStatus = RequestStatus.WAITING
     stop_reason: str | int | None = None
     error: str | None = None

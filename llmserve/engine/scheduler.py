@@ -159,18 +159,22 @@ class Scheduler:
                     return
                 if owed_only and not step.shares.owes_slot(request.priority, counts[request.priority]):
                     continue
-                num_new = min(request.num_pending_tokens, step.budget.allowance(request.priority))
+                cached = self.block_manager.cached_prefix(request)
+                num_uncached = request.num_tokens - len(cached) * self.block_manager.block_size
+                num_new = min(num_uncached, step.budget.allowance(request.priority))
                 if num_new <= 0:
                     continue  # its class has spent its share; a later class may still have some
-                if not self._admit(request, num_new, step):
+                if not self._admit(request, cached, num_new, step):
                     break  # admitting anyone behind it would take what it is waiting for
                 counts[request.priority] += 1
 
-    def _admit(self, request: Request, num_new: int, step: _Step) -> bool:
+    def _admit(self, request: Request, cached: list[int], num_new: int, step: _Step) -> bool:
+        """Admit `request` on its `cached` prefix blocks with `num_new` tokens to compute."""
         reserve = self.admission_reserve if self.running else 0
         free_slots = self.config.max_num_seqs - len(self.running)
-        if free_slots < 1 or not self.block_manager.can_allocate(request, num_new, reserve):
-            victims = self._admission_victims(request, num_new, reserve, free_slots, step.shares)
+        needed_blocks = self.block_manager.blocks_to_admit(request, cached, num_new) + reserve
+        if free_slots < 1 or needed_blocks > self.block_manager.num_free_blocks:
+            victims = self._admission_victims(request, cached, needed_blocks, free_slots, step.shares)
             if not victims:
                 return False
             for victim in victims:
@@ -180,17 +184,18 @@ class Scheduler:
         if request.times.first_scheduled is None:
             request.times.first_scheduled = time.monotonic()
         self.running.append(request)
+        self.block_manager.take_prefix(request, cached)
         self._grant(request, 0, num_new, step)
         return True
 
-    def _admission_victims(self, request: Request, num_new: int, reserve: int, free_slots: int,
+    def _admission_victims(self, request: Request, cached: list[int], needed_blocks: int, free_slots: int,
                            shares: ClassShares) -> list[Request]:
         """Running requests of lower classes whose preemption lets `request` in; [] if none would."""
         if self.policy.classes is None:
             return []
         counts = Counter(r.priority for r in self.running)
         free_blocks = self.block_manager.num_free_blocks
-        needed_blocks = self.block_manager.num_new_blocks(request, num_new) + reserve
+        keep = frozenset(cached)  # a victim's share of them stays taken
         chosen: list[Request] = []
         for victim in sorted(self.running, key=self.policy.key, reverse=True):
             if free_slots >= 1 and free_blocks >= needed_blocks:
@@ -200,5 +205,5 @@ class Scheduler:
             chosen.append(victim)
             counts[victim.priority] -= 1
             free_slots += 1
-            free_blocks += self.block_manager.num_freeable_blocks(victim)
+            free_blocks += self.block_manager.num_freeable_blocks(victim, keep)
         return chosen if free_slots >= 1 and free_blocks >= needed_blocks else []
