@@ -71,6 +71,16 @@ def test_service_class_flags_reach_the_engine(tmp_path: Path) -> None:
     assert (classes[0].ttft_target, classes[0].e2e_target, classes[0].share) == (1.0, 9.0, 0.7)
 
 
+def test_prefix_caching_is_on_unless_turned_off() -> None:
+    from llmserve.cli import _engine_kwargs, build_parser
+    from llmserve.config import EngineConfig
+
+    on = _engine_kwargs(build_parser().parse_args(["serve"]))
+    off = _engine_kwargs(build_parser().parse_args(["serve", "--no-prefix-caching"]))
+    assert EngineConfig.create(**on).cache.enable_prefix_caching is True
+    assert EngineConfig.create(**off).cache.enable_prefix_caching is False
+
+
 def test_a_bad_service_class_is_a_one_line_error() -> None:
     result = _run_cli("serve", "--service-class", "p0:ttft=soon")
     assert result.returncode == 2

@@ -4,7 +4,9 @@ There are no separate prefill and decode phases: each step, every scheduled requ
 tokens until its computed count catches up with its total. Running requests are served first
 (each decode costs one token of budget), so a long prompt is chunked into whatever budget is
 left and never stalls the decodes. When the KV pool runs dry, the request the policy ranks
-last is preempted: its blocks are freed and it is recomputed later from its tokens.
+last is preempted: its blocks are freed and it is recomputed later from its tokens. A request
+is admitted on whatever prefix of its tokens the prefix cache holds (engine/block_manager.py),
+so only the rest is computed, and a preempted request finds its own blocks again.
 
 With service classes (engine/policy.py), a higher class that finds no free slot or KV blocks
 preempts running requests of lower classes, and each busy class is owed its share of the token

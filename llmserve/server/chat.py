@@ -20,7 +20,6 @@ from llmserve.server.serving import (
     sse_events,
     stream_error,
     unseen_outputs,
-    usage,
 )
 
 if TYPE_CHECKING:
@@ -53,10 +52,9 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
     choices = [{"index": out.index, "message": {"role": "assistant", "content": out.text},
                 "logprobs": shape.logprobs(out.logprobs), "finish_reason": finish_reason(out.finish_reason)}
                for out in final.outputs]
-    log.completion_tokens = final.num_generated_tokens
+    log.count(final)
     log.emit()
-    return JSONResponse({**shape.header("chat.completion"), "choices": choices,
-                         "usage": usage(log.prompt_tokens, log.completion_tokens)})
+    return JSONResponse({**shape.header("chat.completion"), "choices": choices, "usage": log.usage()})
 
 
 class _Shape:
@@ -96,8 +94,8 @@ async def _stream(serving: Serving, shape: _Shape, prepared: list, received: flo
             return
         choices = [shape.delta(out, out.finished) for out in unseen_outputs(output, ended)]
         if output.finished:
-            log.completion_tokens = output.num_generated_tokens
+            log.count(output)
         if choices:
             yield {**shape.header(), "choices": choices}
     if body.include_usage:
-        yield {**shape.header(), "choices": [], "usage": usage(log.prompt_tokens, log.completion_tokens)}
+        yield {**shape.header(), "choices": [], "usage": log.usage()}

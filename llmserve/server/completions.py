@@ -19,7 +19,6 @@ from llmserve.server.serving import (
     sse_events,
     stream_error,
     unseen_outputs,
-    usage,
 )
 
 if TYPE_CHECKING:
@@ -43,10 +42,10 @@ async def create_completion(serving: Serving, body: CompletionRequest, received:
         return StreamingResponse(sse_events(events, log), media_type="text/event-stream")
     finals = await serving.final_outputs(prepared, received, log)
     choices = [shape.choice(i, out, out.text, out.logprobs) for i, final in enumerate(finals) for out in final.outputs]
-    log.completion_tokens = sum(len(o.token_ids) for f in finals for o in f.outputs)
+    for final in finals:
+        log.count(final)
     log.emit()
-    return JSONResponse({**shape.header(), "choices": choices,
-                         "usage": usage(log.prompt_tokens, log.completion_tokens)})
+    return JSONResponse({**shape.header(), "choices": choices, "usage": log.usage()})
 
 
 class _Shape:
@@ -90,8 +89,8 @@ async def _stream(serving: Serving, shape: _Shape, prepared: list[QueuedPrompt],
         choices = [shape.choice(index, out, out.delta_text, delta_logprobs(out), final=out.finished)
                    for out in unseen_outputs(output, ended, index)]
         if output.finished:
-            log.completion_tokens += output.num_generated_tokens
+            log.count(output)
         if choices:
             yield {**shape.header(), "choices": choices}
     if include_usage:
-        yield {**shape.header(), "choices": [], "usage": usage(log.prompt_tokens, log.completion_tokens)}
+        yield {**shape.header(), "choices": [], "usage": log.usage()}

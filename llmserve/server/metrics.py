@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -48,16 +48,26 @@ class _EngineGauges(Collector):
         self.model_name = model_name
         self.stats = stats
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self.stats() or EngineStats(0, 0, 0.0)
+        queries, hits = stats.prefix_cache_queries, stats.prefix_cache_hits
         for name, doc, value in (
             ("num_requests_running", "Requests in the running batch.", stats.num_running),
             ("num_requests_waiting", "Requests waiting to be scheduled.", stats.num_waiting),
             ("kv_cache_usage_perc", "Fraction of KV cache blocks in use (1 = full).", stats.kv_cache_usage),
+            ("prefix_cache_hit_rate", "Prompt tokens found in the prefix cache over those looked up, since start.",
+             hits / queries if queries else 0.0),
         ):
             gauge = GaugeMetricFamily(PREFIX + name, doc, labels=["model_name"])
             gauge.add_metric([self.model_name], float(value))
             yield gauge
+        for name, doc, value in (
+            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", queries),
+            ("prefix_cache_hits", "Prompt tokens whose KV was found in the prefix cache.", hits),
+        ):
+            counter = CounterMetricFamily(PREFIX + name, doc, labels=["model_name"])
+            counter.add_metric([self.model_name], float(value))
+            yield counter
 
 
 class _QueueGauges(Collector):

@@ -43,6 +43,15 @@ class RequestLog:
     status: int | str = 200
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV the prefix cache held
+
+    def usage(self) -> dict[str, Any]:
+        return usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+    def count(self, output: RequestOutput) -> None:
+        """Add a finished engine request's generated and prefix-cached tokens."""
+        self.completion_tokens += output.num_generated_tokens
+        self.cached_tokens += output.num_cached_tokens or 0
 
     def emit(self) -> None:
         logger.info("%s %s prompt_tokens=%d completion_tokens=%d latency=%.3fs", self.request_id, self.status,
@@ -150,9 +159,10 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def finish_reason(reason: str | None) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from tests.server.live_server import MODEL_NAME, scrape
@@ -54,3 +56,33 @@ def test_metrics_text_is_prometheus_exposition(server):
         assert f"# TYPE llmserve:{name}_total counter" in text
     for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"):
         assert f"# TYPE llmserve:{name} gauge" in text
+
+
+def test_prefix_cache_hits_show_in_usage_and_metrics(server):
+    url = server.base_url + "/completions"
+    prefix = [(37 * i) % 190 + 5 for i in range(40)]  # 2 full 16-token blocks and 8 tokens more
+    before = scrape(server.url)
+
+    def complete(prompt: list[int], stream: bool) -> dict:
+        body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 3, "ignore_eos": True}
+        if not stream:
+            return httpx.post(url, json=body, timeout=30).json()["usage"]
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", url, json=body, timeout=30) as resp:
+            lines = [line for line in resp.iter_lines() if line.startswith("data: {")]
+        return json.loads(lines[-1].removeprefix("data: "))["usage"]
+
+    first = complete(prefix + [1, 2, 3], stream=False)
+    second = complete(prefix + [4, 5], stream=False)
+    third = complete(prefix + [6], stream=True)
+    assert first["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert second["prompt_tokens_details"] == {"cached_tokens": 32}
+    assert third["prompt_tokens_details"] == {"cached_tokens": 32}
+    after = scrape(server.url)
+
+    def delta(name: str) -> float:
+        return after[series(name)] - before.get(series(name), 0.0)
+
+    assert delta("prefix_cache_queries_total") == 43 + 42 + 41
+    assert delta("prefix_cache_hits_total") == 32 + 32
+    assert 0 < after[series("prefix_cache_hit_rate")] <= 1
