@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run chat test lint bench clean
+.PHONY: setup run chat test lint bench clean redis-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ chat: setup
 lint: setup
 	$(PY) -m ruff check llmserve tests benchmarks
 
-test: setup lint
+# The response cache's Redis tests start a real redis-server (Debian's package); without it they skip.
+redis-server:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) ; } \
+		|| echo "note: redis-server is not installed; the Redis tests will skip (apt-get install redis-server)"
+
+test: setup lint redis-server
 	$(PY) -m pytest -q
 
 bench: setup

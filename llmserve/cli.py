@@ -11,6 +11,7 @@ from collections.abc import Callable
 from llmserve.bench.cli import add_bench_parser
 from llmserve.sampling_params import SamplingParams
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
+from llmserve.units import parse_duration_s
 
 
 def _engine_args(parser: argparse.ArgumentParser) -> None:
@@ -158,7 +159,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
                           max_queued_requests=args.max_queued_requests, served_model_name=name,
                           shutdown_timeout=args.shutdown_timeout, warmup=not args.no_warmup,
-                          engine_args=_engine_kwargs(args))
+                          response_cache=args.response_cache, response_cache_ttl=args.response_cache_ttl,
+                          response_cache_shared=args.response_cache_shared, engine_args=_engine_kwargs(args))
     return run_server(config, log_level=args.log_level or "INFO")
 
 
@@ -173,6 +175,14 @@ def _serve_parser(sub) -> None:
     serve.add_argument("--shutdown-timeout", type=float, default=30.0,
                        help="seconds SIGTERM waits for in-flight requests before cutting them off")
     serve.add_argument("--no-warmup", action="store_true", help="report healthy without a warm-up batch")
+    cache = serve.add_argument_group("response cache")
+    cache.add_argument("--response-cache", default=None, metavar="SIZE|URL",
+                       help="answer repeated greedy or seeded requests from a cache: a size held in memory "
+                            "(e.g. 256MiB) or a redis:// URL shared by replicas (default: off)")
+    cache.add_argument("--response-cache-ttl", type=parse_duration_s, default=3600.0, metavar="DURATION",
+                       help="how long an entry lives, e.g. 10m or 1h (default: 1h)")
+    cache.add_argument("--response-cache-shared", action="store_true",
+                       help="let callers with different API keys share entries")
     _engine_args(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import re
 
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration_s(text: str | int | float) -> float:
-    """'500ms' -> 0.5, '0.5s' -> 0.5; a bare number is milliseconds (vLLM's unit for --goodput)."""
+    """'500ms' -> 0.5, '0.5s' -> 0.5, '10m' -> 600, '1h' -> 3600; a bare number is milliseconds (vLLM's
+    unit for --goodput)."""
     if isinstance(text, int | float) and not isinstance(text, bool):
         if text < 0:
             raise ValueError(f"a duration cannot be negative, got {text!r}")
         return float(text) / 1000
     match = _DURATION.match(text) if isinstance(text, str) else None
     if not match:
-        raise ValueError(f"a duration is like 500ms or 0.5s, got {text!r}")
-    value = float(match.group(1))
-    return value if (match.group(2) or "ms").lower() == "s" else value / 1000
+        raise ValueError(f"a duration is like 500ms, 0.5s, 10m or 1h, got {text!r}")
+    return float(match.group(1)) * _SECONDS[(match.group(2) or "ms").lower()]

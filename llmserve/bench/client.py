@@ -72,6 +72,7 @@ async def send_request(session: aiohttp.ClientSession, url: str, model: str, req
     try:
         async with session.post(endpoint_url(url, endpoint), json=payload) as response:
             result.status = response.status
+            result.cache = response.headers.get("X-Cache")
             if response.status == 200:
                 await _read_stream(response, endpoint, result)
             else:

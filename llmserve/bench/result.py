@@ -19,6 +19,7 @@ class RequestResult:
     prompt_tokens: int = 0  # from the usage chunk, else the request's input_len
     priority: int | None = None
     text: str = ""
+    cache: str | None = None  # the server's X-Cache header (hit, miss, bypass), if it sends one
 
 
 def request_ttft(r: RequestResult) -> float | None:

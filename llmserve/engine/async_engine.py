@@ -93,6 +93,10 @@ class AsyncEngine:
         return self.engine.scheduler_config.policy
 
     @property
+    def model_identity(self) -> str:
+        return self.engine.model_identity
+
+    @property
     def num_active_requests(self) -> int:
         return len(self._streams)
 

@@ -55,8 +55,7 @@ class LLMEngine:
         num_blocks = self._num_blocks()
         prefix_cache = None
         if config.cache.enable_prefix_caching:
-            identity = (str(self.model_path), config.load_format, str(self.dtype), str(config.seed))
-            prefix_cache = PrefixCache(root_hash(*identity))
+            prefix_cache = PrefixCache(root_hash(self.model_identity))
         self.block_manager = BlockManager(num_blocks, config.cache.block_size, prefix_cache)
         sched = replace(config.scheduler, max_model_len=self.max_model_len)
         self.scheduler = Scheduler(sched, self.block_manager)
@@ -94,6 +93,12 @@ class LLMEngine:
             raise ValueError(f"kv_cache_memory of {cache.kv_cache_memory} bytes holds {num_blocks * cache.block_size} "
                              f"tokens, less than max_model_len {self.max_model_len}; raise it or lower max_model_len")
         return num_blocks
+
+    @property
+    def model_identity(self) -> str:
+        """What besides the tokens shapes this engine's KV and answers: weights, dtype, dummy seed."""
+        config = self.config
+        return "|".join((str(self.model_path), config.load_format, str(self.dtype), str(config.seed)))
 
     @property
     def scheduler_config(self) -> SchedulerConfig:

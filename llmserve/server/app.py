@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
+from llmserve.server.cached_responses import ResponseCacheFront
 from llmserve.server.errors import install_handlers
 from llmserve.server.metrics import ServerMetrics
+from llmserve.server.response_cache import ResponseCache, ResponseCacheStats, open_response_cache
 from llmserve.server.routes import router
 from llmserve.server.serving import Serving
 from llmserve.server.shedding import LoadShedder
@@ -38,6 +40,9 @@ class ServerConfig:
     served_model_name: str = "llmserve"
     shutdown_timeout: float = 30.0
     warmup: bool = True
+    response_cache: str | None = None  # a size (in memory) or a redis:// URL; None: off
+    response_cache_ttl: float = 3600.0  # seconds
+    response_cache_shared: bool = False  # share entries across API keys
     engine_args: dict[str, Any] = field(default_factory=dict)  # keywords of AsyncEngine.from_args
 
 
@@ -50,10 +55,15 @@ class ServerState:
     ready: bool = False
     load_error: str | None = None
     shedder: LoadShedder | None = None  # built with the engine, which knows the service classes
+    response_cache: ResponseCache | None = None
     metrics: ServerMetrics = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = ServerMetrics(self.config.served_model_name, self.engine_stats, self.queue_stats)
+        self.metrics = ServerMetrics(self.config.served_model_name, self.engine_stats, self.queue_stats,
+                                     self.response_cache_stats)
+
+    def response_cache_stats(self) -> ResponseCacheStats | None:
+        return self.response_cache.stats if self.response_cache is not None else None
 
     def engine_stats(self) -> EngineStats | None:
         return self.engine.stats() if self.engine is not None else None
@@ -80,6 +90,10 @@ def build_app(config: ServerConfig, engine_factory: EngineFactory | None = None,
     factory = engine_factory or default_engine_factory(config)
     state = ServerState(config)
 
+    if config.response_cache:
+        # Built now, so a bad --response-cache fails at start, not after the model has loaded.
+        state.response_cache = open_response_cache(config.response_cache, config.response_cache_ttl)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.create_task(_load(state, factory, on_load_failure))
@@ -87,6 +101,8 @@ def build_app(config: ServerConfig, engine_factory: EngineFactory | None = None,
             yield
         finally:
             loader.cancel()
+            if state.response_cache is not None:
+                await state.response_cache.close()
             if state.engine is not None and owns_engine:
                 await asyncio.to_thread(state.engine.shutdown)
 
@@ -103,7 +119,8 @@ async def _load(state: ServerState, factory: EngineFactory, on_failure: Callable
         state.engine = engine
         state.shedder = LoadShedder(engine.service_classes, state.config.max_queued_requests,
                                     class_aware=engine.scheduling_policy == "classes")
-        state.serving = Serving(engine, state.config.served_model_name, state.metrics, state.shedder)
+        state.serving = Serving(engine, state.config.served_model_name, state.metrics, state.shedder,
+                                _response_front(state, engine))
         if state.config.warmup:
             await warm_up(engine)
     except Exception as exc:
@@ -115,6 +132,15 @@ async def _load(state: ServerState, factory: EngineFactory, on_failure: Callable
     state.ready = True
     logger.info("ready in %.2fs: serving %s at http://%s:%d/v1", time.monotonic() - state.started,
                 state.config.served_model_name, state.config.host, state.config.port)
+
+
+def _response_front(state: ServerState, engine: AsyncEngine) -> ResponseCacheFront | None:
+    if state.response_cache is None:
+        return None
+    config = state.config
+    logger.info("response cache: %s", state.response_cache.description)
+    return ResponseCacheFront(state.response_cache, f"{config.served_model_name}|{engine.model_identity}",
+                              config.response_cache_shared)
 
 
 async def warm_up(engine: AsyncEngine) -> None:

@@ -7,17 +7,17 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import jinja2
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response
 
 from llmserve.server.errors import bad_request
 from llmserve.server.protocol import ChatCompletionRequest
 from llmserve.server.serving import (
+    RequestContext,
     RequestLog,
     Serving,
     delta_logprobs,
     finish_reason,
     new_id,
-    sse_events,
     stream_error,
     unseen_outputs,
 )
@@ -38,23 +38,27 @@ def render_prompt(serving: Serving, body: ChatCompletionRequest) -> dict[str, An
         raise bad_request(f"the chat template rejected these messages: {exc}", "messages") from None
 
 
-async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, received: float, rank: int):
+async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, ctx: RequestContext) -> Response:
     serving.check_model(body.model)
     params = body.sampling_params(body.requested_max_tokens, body.num_logprobs)
-    request_id = new_id("chatcmpl")
-    prepared = serving.prepare(request_id, [render_prompt(serving, body)], params, rank)
-    log = RequestLog(request_id, received, prompt_tokens=len(prepared[0].prepared.prompt_token_ids))
-    shape = _Shape(serving, request_id, int(time.time()))
+    request_id, created = new_id("chatcmpl"), int(time.time())
+    log = RequestLog(request_id, ctx.received)
+    prompt = render_prompt(serving, body)
+    cache = serving.cache_use("chat/completions", body, params, [prompt["prompt"]], ctx)
+    if (cached := await serving.cached_reply(cache, request_id, created, log)) is not None:
+        return cached
+    prepared = serving.prepare(request_id, [prompt], params, ctx.rank)
+    log.prompt_tokens = len(prepared[0].prepared.prompt_token_ids)
+    shape = _Shape(serving, request_id, created)
     if body.stream:
-        events = _stream(serving, shape, prepared, received, body, log)
-        return StreamingResponse(sse_events(events, log), media_type="text/event-stream")
-    (final,) = await serving.final_outputs(prepared, received, log)
+        return serving.reply_stream(cache, _stream(serving, shape, prepared, ctx.received, body, log), log)
+    (final,) = await serving.final_outputs(prepared, ctx.received, log)
     choices = [{"index": out.index, "message": {"role": "assistant", "content": out.text},
                 "logprobs": shape.logprobs(out.logprobs), "finish_reason": finish_reason(out.finish_reason)}
                for out in final.outputs]
     log.count(final)
     log.emit()
-    return JSONResponse({**shape.header("chat.completion"), "choices": choices, "usage": log.usage()})
+    return await serving.reply(cache, {**shape.header("chat.completion"), "choices": choices, "usage": log.usage()})
 
 
 class _Shape:

@@ -6,17 +6,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response
 
 from llmserve.server.errors import bad_request
 from llmserve.server.protocol import CompletionRequest
 from llmserve.server.serving import (
+    RequestContext,
     RequestLog,
     Serving,
     delta_logprobs,
     finish_reason,
     new_id,
-    sse_events,
     stream_error,
     unseen_outputs,
 )
@@ -27,25 +27,29 @@ if TYPE_CHECKING:
     from llmserve.server.streams import QueuedPrompt
 
 
-async def create_completion(serving: Serving, body: CompletionRequest, received: float, rank: int):
+async def create_completion(serving: Serving, body: CompletionRequest, ctx: RequestContext) -> Response:
     serving.check_model(body.model)
     if body.echo:
         raise bad_request("echo is not supported", "echo")
     params = body.sampling_params(body.max_tokens, body.logprobs)
+    request_id, created = new_id("cmpl"), int(time.time())
+    log = RequestLog(request_id, ctx.received)
+    cache = serving.cache_use("completions", body, params, body.prompts(), ctx)
+    if (cached := await serving.cached_reply(cache, request_id, created, log)) is not None:
+        return cached
     prompts = [{"prompt_token_ids": p} if isinstance(p, list) else p for p in body.prompts()]
-    request_id = new_id("cmpl")
-    prepared = serving.prepare(request_id, prompts, params, rank)
-    log = RequestLog(request_id, received, prompt_tokens=sum(len(q.prepared.prompt_token_ids) for q in prepared))
-    shape = _Shape(serving, request_id, int(time.time()), body.n)
+    prepared = serving.prepare(request_id, prompts, params, ctx.rank)
+    log.prompt_tokens = sum(len(q.prepared.prompt_token_ids) for q in prepared)
+    shape = _Shape(serving, request_id, created, body.n)
     if body.stream:
-        events = _stream(serving, shape, prepared, received, body.include_usage, log)
-        return StreamingResponse(sse_events(events, log), media_type="text/event-stream")
-    finals = await serving.final_outputs(prepared, received, log)
+        return serving.reply_stream(cache, _stream(serving, shape, prepared, ctx.received, body.include_usage, log),
+                                    log)
+    finals = await serving.final_outputs(prepared, ctx.received, log)
     choices = [shape.choice(i, out, out.text, out.logprobs) for i, final in enumerate(finals) for out in final.outputs]
     for final in finals:
         log.count(final)
     log.emit()
-    return JSONResponse({**shape.header(), "choices": choices, "usage": log.usage()})
+    return await serving.reply(cache, {**shape.header(), "choices": choices, "usage": log.usage()})
 
 
 class _Shape:

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from llmserve.engine.outputs import EngineStats
 
 if TYPE_CHECKING:
+    from llmserve.server.response_cache import ResponseCacheStats
     from llmserve.service_classes import ServiceClass
 
 PREFIX = "llmserve:"
@@ -91,9 +92,38 @@ class _QueueGauges(Collector):
         yield wait
 
 
+class _ResponseCacheMetrics(Collector):
+    """The exact-match response cache's counters, when it is on."""
+
+    def __init__(self, model_name: str, stats: Callable[[], ResponseCacheStats | None]) -> None:
+        self.model_name = model_name
+        self.stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self.stats()
+        if stats is None:
+            return
+        for name, doc, value in (
+            ("response_cache_lookups", "Cacheable requests looked up in the response cache.", stats.lookups),
+            ("response_cache_hits", "Requests answered from the response cache.", stats.hits),
+            ("response_cache_evictions", "Entries dropped from the in-memory response cache to make room.",
+             stats.evictions),
+            ("response_cache_errors", "Failed calls to the response cache's Redis, each a miss or a dropped write.",
+             stats.errors),
+        ):
+            counter = CounterMetricFamily(PREFIX + name, doc, labels=["model_name"])
+            counter.add_metric([self.model_name], float(value))
+            yield counter
+        gauge = GaugeMetricFamily(PREFIX + "response_cache_bytes", "Bytes held by the in-memory response cache "
+                                  "(with Redis: bytes this server has written).", labels=["model_name"])
+        gauge.add_metric([self.model_name], float(stats.stored_bytes))
+        yield gauge
+
+
 class ServerMetrics:
     def __init__(self, model_name: str, stats: Callable[[], EngineStats | None],
-                 queue: Callable[[], list[tuple[str, int, float]]] = list) -> None:
+                 queue: Callable[[], list[tuple[str, int, float]]] = list,
+                 response_cache: Callable[[], ResponseCacheStats | None] = lambda: None) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model_name"]
@@ -114,6 +144,7 @@ class ServerMetrics:
         self.success = Counter(PREFIX + "request_success", "Finished requests by finish reason.",
                                labels + ["finished_reason"], registry=self.registry)
         self.registry.register(_EngineGauges(model_name, stats))
+        self.registry.register(_ResponseCacheMetrics(model_name, response_cache))
         self._class_metrics(queue)
 
     def _class_metrics(self, queue: Callable[[], list[tuple[str, int, float]]]) -> None:

@@ -45,6 +45,7 @@ class _SamplingFields(BaseModel):
     skip_special_tokens: StrictBool = True
     include_stop_str_in_output: StrictBool = False
     priority: Any = None  # a service class: its rank or name; None: the default class
+    cache: StrictBool | None = None  # false: neither read nor stored by the response cache
 
     @field_validator("priority")
     @classmethod

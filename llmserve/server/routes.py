@@ -16,6 +16,7 @@ from llmserve.server.chat import create_chat_completion
 from llmserve.server.completions import create_completion
 from llmserve.server.errors import APIError, from_validation_error, parse_json
 from llmserve.server.protocol import ChatCompletionRequest, CompletionRequest
+from llmserve.server.serving import RequestContext
 
 if TYPE_CHECKING:
     from llmserve.server.app import ServerState
@@ -30,8 +31,8 @@ def require_api_key(request: Request) -> None:
     expected = server_state(request).config.api_key
     if expected is None:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    token = _bearer_token(request)
+    if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
         raise APIError(401, "invalid or missing API key; send 'Authorization: Bearer <key>'",
                        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
@@ -72,25 +73,31 @@ async def models(request: Request) -> dict:
 
 @v1.post("/completions")
 async def completions(request: Request) -> Response:
-    serving, body, received, rank = await _accept(request, CompletionRequest)
-    return await create_completion(serving, body, received, rank)
+    serving, body, ctx = await _accept(request, CompletionRequest)
+    return await create_completion(serving, body, ctx)
 
 
 @v1.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    serving, body, received, rank = await _accept(request, ChatCompletionRequest)
-    return await create_chat_completion(serving, body, received, rank)
+    serving, body, ctx = await _accept(request, ChatCompletionRequest)
+    return await create_chat_completion(serving, body, ctx)
 
 
 Body = TypeVar("Body", bound=BaseModel)
 
 
-async def _accept(request: Request, model: type[Body]) -> tuple[Serving, Body, float, int]:
+async def _accept(request: Request, model: type[Body]) -> tuple[Serving, Body, RequestContext]:
     """Admission before the body is read, then the body, then the request's class."""
     serving, received, header_rank = _admit(request)
     body = await _parse(request, model)
     rank = header_rank if header_rank is not None else _rank(server_state(request), body.priority, "priority")
-    return serving, body, received, rank
+    return serving, body, RequestContext(received, rank, _bearer_token(request),
+                                         request.headers.get("cache-control", ""))
+
+
+def _bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def _admit(request: Request) -> tuple[Serving, float, int | None]:

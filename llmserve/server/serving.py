@@ -10,6 +10,16 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from llmserve.server.cached_responses import (
+    NO_CACHE,
+    CacheUse,
+    ResponseCacheFront,
+    is_stream_entry,
+    replay_body,
+    replay_chunks,
+)
 from llmserve.server.errors import APIError, bad_request, error_body
 from llmserve.server.metrics import ServerMetrics
 from llmserve.server.shedding import Shed
@@ -32,6 +42,16 @@ def sse(payload: dict[str, Any] | str) -> str:
 
 
 SSE_DONE = sse("[DONE]")
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What the HTTP layer knows about a request besides its body."""
+
+    received: float  # time.monotonic() when it arrived
+    rank: int  # its service class
+    api_key: str | None = None  # the bearer token it came with, if any
+    cache_control: str = ""  # its Cache-Control header
 
 
 @dataclass
@@ -59,11 +79,13 @@ class RequestLog:
 
 
 class Serving:
-    def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics, shedder: LoadShedder) -> None:
+    def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics, shedder: LoadShedder,
+                 responses: ResponseCacheFront | None = None) -> None:
         self.engine = engine
         self.model_name = model_name
         self.metrics = metrics
         self.shedder = shedder
+        self.responses = responses
         self.tokenizer = engine.tokenizer
 
     def check_model(self, requested: str | None) -> None:
@@ -92,6 +114,38 @@ class Serving:
         except Shed as shed:
             self.metrics.record_shed(self.shedder.classes[rank].name, shed.reason)
             raise
+
+    def cache_use(self, endpoint: str, body: Any, params: SamplingParams, prompts: list[Any],
+                  ctx: RequestContext) -> CacheUse:
+        if self.responses is None:
+            return NO_CACHE
+        return self.responses.use(endpoint, body, params, prompts, ctx.api_key, ctx.cache_control)
+
+    async def cached_reply(self, use: CacheUse, request_id: str, created: int, log: RequestLog) -> Response | None:
+        """The stored response for this request, replayed with a fresh id; None on a miss."""
+        entry = await self.responses.lookup(use) if self.responses is not None else None
+        if entry is None:
+            return None
+        headers = use.headers(hit=True)
+        if is_stream_entry(entry):
+            return StreamingResponse(sse_events(replay_chunks(entry, request_id, created), log),
+                                     media_type="text/event-stream", headers=headers)
+        body = replay_body(entry, request_id, created)
+        log.status = "200 cached"
+        log.emit()
+        return JSONResponse(body, headers=headers)
+
+    async def reply(self, use: CacheUse, body: dict[str, Any]) -> JSONResponse:
+        if self.responses is not None:
+            await self.responses.store_body(use, body)
+        return JSONResponse(body, headers=use.headers() if self.responses is not None else None)
+
+    def reply_stream(self, use: CacheUse, events: AsyncIterator[dict[str, Any]], log: RequestLog) -> StreamingResponse:
+        headers = None
+        if self.responses is not None:
+            events = self.responses.recorded(use, events)
+            headers = use.headers()
+        return StreamingResponse(sse_events(events, log), media_type="text/event-stream", headers=headers)
 
     def streams(self, queued: list[QueuedPrompt], received: float) -> AsyncIterator[tuple[int, RequestOutput]]:
         return merge([tracked_stream(self.engine, q, self.metrics, received) for q in queued])

@@ -51,6 +51,16 @@ def test_a_short_run_has_no_errors_and_sensible_figures(engine: AsyncEngine, tmp
     assert set(data["by_priority"]) == {"p0", "p1"}
 
 
+def test_the_response_cache_header_is_recorded(engine: AsyncEngine, tmp_path: Path) -> None:
+    args = ["--num-prompts", "4", "--input-len", "8", "--output-len", "4", "--extra-body", '{"temperature": 0}']
+    with live_server(engine, ServerConfig(served_model_name=MODEL_NAME, response_cache="1MiB")) as server:
+        first = _bench(server.url, tmp_path / "first.json", *args)
+        again = _bench(server.url, tmp_path / "again.json", *args)
+    assert [r["cache"] for r in first["requests"]] == ["miss"] * 4
+    assert [r["cache"] for r in again["requests"]] == ["hit"] * 4
+    assert again["summary"]["output_tokens"] == first["summary"]["output_tokens"] == 16
+
+
 def test_chat_endpoint_with_text_prompts(engine: AsyncEngine, tmp_path: Path) -> None:
     with live_server(engine) as server:
         data = _bench(server.url, tmp_path / "run.json", "--endpoint", "chat", "--dataset", "shared-prefix",
