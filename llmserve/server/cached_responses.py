@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ from llmserve.server.response_cache import ResponseCache
 
 if TYPE_CHECKING:
     from llmserve.sampling_params import SamplingParams
+
+logger = logging.getLogger("llmserve.server")
 
 # Fields that do not change the answer: who asks, how urgently, and the cache switch itself.
 # `model` is checked against the served name, which is keyed instead; the prompt goes in after
@@ -86,7 +89,16 @@ class ResponseCacheFront:
         if not use.read or use.key is None:
             return None
         raw = await self.cache.get(use.key)
-        return None if raw is None else json.loads(raw)
+        if raw is None:
+            return None
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            entry = None
+        if not _is_entry(entry):
+            logger.warning("response cache: unreadable entry %s… ignored", use.key[:12])
+            return None  # written by something else (another version?): a miss, never a failure
+        return entry
 
     async def store_body(self, use: CacheUse, body: dict[str, Any]) -> None:
         if use.write and use.key is not None:
@@ -102,6 +114,10 @@ class ResponseCacheFront:
             yield event
         if use.write and use.key is not None:
             await self.cache.put(use.key, _encode({"chunks": chunks}))
+
+
+def _is_entry(entry: Any) -> bool:
+    return isinstance(entry, dict) and (isinstance(entry.get("body"), dict) or isinstance(entry.get("chunks"), list))
 
 
 def replay_body(entry: dict[str, Any], request_id: str, created: int) -> dict[str, Any]:

@@ -171,3 +171,19 @@ def test_cache_control_directives():
     assert (no_cache.read, no_cache.write, no_cache.key) == (False, True, plain.key)
     assert no_store is NO_CACHE
     assert plain.headers() == {"X-Cache": "miss"} and no_store.headers() == {"X-Cache": "bypass"}
+
+
+def test_an_unreadable_entry_is_a_miss():
+    store = MemoryResponseCache(1000, 60)
+    front = ResponseCacheFront(store, "model")
+    body = _completion(temperature=0)
+    use = front.use("completions", body, _params(body), body.prompts(), None, "")
+
+    async def scenario():
+        for junk in (b"\xff not json", b"[1, 2]", b'{"body": "text"}'):
+            await store.put(use.key, junk)
+            assert await front.lookup(use) is None
+        await front.store_body(use, {"choices": []})
+        assert await front.lookup(use) == {"body": {"choices": []}}
+
+    run(scenario())
