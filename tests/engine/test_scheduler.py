@@ -9,6 +9,7 @@ import pytest
 from llmserve.config import SchedulerConfig
 from llmserve.engine.block_manager import BlockManager
 from llmserve.engine.policy import FCFSPolicy, ServiceClassPolicy
+from llmserve.engine.prefix_cache import PrefixCache, root_hash
 from llmserve.engine.request import Request, RequestStatus
 from llmserve.engine.scheduler import Scheduler
 from llmserve.sampling_params import SamplingParams
@@ -30,16 +31,19 @@ class StrictPriority:
 class FakeEngine:
     """Drives a Scheduler as the engine would, with a model that emits token 7 once a request catches up."""
 
-    def __init__(self, policy: str = "classes", num_blocks: int = 1000, block_size: int = 4, **config) -> None:
-        self.blocks = BlockManager(num_blocks, block_size)
+    def __init__(self, policy: str = "classes", num_blocks: int = 1000, block_size: int = 4,
+                 prefix_caching: bool = False, **config) -> None:
+        self.blocks = BlockManager(num_blocks, block_size, PrefixCache(root_hash("fake")) if prefix_caching else None)
         self.scheduler = Scheduler(SchedulerConfig(policy=policy, **config), self.blocks)
         self.ids = itertools.count()
         self.finished: list[Request] = []
         self.now = 1000.0
 
-    def add(self, priority: int, prompt_len: int = 8, max_tokens: int = 4, arrival: float | None = None) -> Request:
+    def add(self, priority: int, prompt_len: int = 8, max_tokens: int = 4, arrival: float | None = None,
+            prompt: list[int] | None = None) -> Request:
         number = next(self.ids)
-        request = Request(f"r{number}", f"r{number}", 0, [5] * prompt_len, SamplingParams(), max_tokens, (),
+        prompt = [5] * prompt_len if prompt is None else prompt
+        request = Request(f"r{number}", f"r{number}", 0, prompt, SamplingParams(), max_tokens, (),
                           priority=priority, sequence_number=number)
         request.times.arrival = self.now if arrival is None else arrival
         self.scheduler.add_request(request)
@@ -49,6 +53,7 @@ class FakeEngine:
         plan = self.scheduler.schedule()
         for request, num_new in plan.scheduled:
             request.num_computed_tokens += num_new
+            self.blocks.cache_full_blocks(request)
         for request, _ in plan.scheduled:
             if request.num_pending_tokens == 0:
                 request.output_token_ids.append(7)
@@ -222,3 +227,23 @@ def test_policy_is_fcfs_or_classes():
     with pytest.raises(ValueError, match="unknown scheduling policy"):
         FakeEngine("lifo")
     assert isinstance(FakeEngine("fcfs").scheduler.policy, FCFSPolicy)
+
+
+def test_preempting_a_sharer_of_the_cached_prefix_counts_its_shared_blocks_once():
+    """A p0 request whose cached prefix is held by the p3 victim: those blocks come back to the pool
+    only to be taken again, so they cannot pay for the new ones. Counting them would preempt the
+    victim and then run out of blocks; instead the p0 request waits until room is real."""
+    engine = FakeEngine(num_blocks=7, prefix_caching=True, max_num_seqs=4)  # p3 is owed 1 slot of 4
+    shared = [11, 12, 13, 14, 15, 16, 17, 18]
+    engine.add(P3, prompt=[1, 2, 3], max_tokens=3)  # 1 block; protected: p3's one owed slot
+    engine.add(P0, prompt=[4] * 6, max_tokens=3)  # 2 blocks
+    sharer = engine.add(P3, prompt=shared + [19], max_tokens=3)  # 3 blocks, the first 2 named
+    engine.step()
+    assert engine.blocks.num_free_blocks == 1
+    newcomer = engine.add(P0, prompt=shared + [20] * 9)  # 5 blocks: 2 cached + 3 new
+    engine.step()  # preempting the sharer frees 1 block it alone holds: not enough
+    assert newcomer.status == RequestStatus.WAITING and sharer.num_preemptions == 0
+    while engine.scheduler.num_unfinished:
+        engine.step()
+    assert newcomer.num_cached_tokens == 8
+    assert engine.blocks.num_free_blocks == 7 and not any(engine.blocks.ref_counts)
