@@ -91,15 +91,18 @@ def main(argv: list[str] | None = None) -> int:
             show(mode, repeat[mode])
         on, off = repeat["cache on"], repeat["cache off"]
         repeat["ttft_ratio"] = off["ttft_mean_ms"] / on["ttft_mean_ms"]
+        repeat["burst_ttft_ratio"] = off["burst_ttft_mean_ms"] / on["burst_ttft_mean_ms"]
         repeat["throughput_ratio"] = on["output_throughput"] / off["output_throughput"]
-        print(f"  paced mean TTFT off/on {repeat['ttft_ratio']:.1f}x; burst output throughput on/off "
-              f"{repeat['throughput_ratio']:.2f}x", flush=True)
+        print(f"  mean TTFT off/on: paced {repeat['ttft_ratio']:.1f}x, burst {repeat['burst_ttft_ratio']:.1f}x; "
+              f"burst output throughput on/off {repeat['throughput_ratio']:.2f}x", flush=True)
         repeats.append(repeat)
     ttft_ratio = statistics.median(r["ttft_ratio"] for r in repeats)
+    burst_ratio = statistics.median(r["burst_ttft_ratio"] for r in repeats)
     throughput_ratio = statistics.median(r["throughput_ratio"] for r in repeats)
     passed = ttft_ratio >= TTFT_RATIO_TARGET
-    print(f"{'PASS' if passed else 'MISS'} median mean-TTFT ratio off/on {ttft_ratio:.1f}x "
-          f"(target >= {TTFT_RATIO_TARGET:g}x); median burst output throughput on/off {throughput_ratio:.2f}x")
+    print(f"{'PASS' if passed else 'MISS'} median mean-TTFT ratio off/on {ttft_ratio:.1f}x paced "
+          f"(target >= {TTFT_RATIO_TARGET:g}x), {burst_ratio:.1f}x in the burst; median burst output throughput "
+          f"on/off {throughput_ratio:.2f}x")
     if args.out:
         report = {"args": vars(args) | {"out": str(args.out)}, "server_args": extra, "repeats": repeats,
                   "ttft_ratio_median": ttft_ratio, "throughput_ratio_median": throughput_ratio}

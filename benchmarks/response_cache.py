@@ -3,8 +3,8 @@
 Each repeat starts a server with `--response-cache 256MiB` and one without (same flags
 otherwise) and sends both the same seeded greedy workload over HTTP with the bench's client:
 `--num-prompts` requests (default 160) of 64-256 prompt tokens and 32-128 answer tokens,
-Poisson at `--request-rate` (default 2/s), where each request after the first few repeats an
-earlier question with probability 0.35. It reports the hit rate (from each response's X-Cache
+Poisson at `--request-rate` (default 2/s), where 35% of the requests, at random places after
+the first few, repeat an earlier question. It reports the hit rate (from each response's X-Cache
 header) and p50/p99 TTFT and end-to-end latency of hits and misses, and the whole run's mean
 latency and throughput against the server without the cache.
 
@@ -49,16 +49,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def workload(args: argparse.Namespace) -> list[BenchRequest]:
-    """Fresh questions, with each later request a repeat of an earlier one at the given odds."""
+    """Fresh questions, and at randomly chosen places (after the first few) a repeat of an earlier one,
+    so that exactly `repeat_fraction` of the requests are repeats."""
     rng = random.Random(args.seed)
     fresh = iter(random_requests(args.num_prompts, parse_length(args.input_len), parse_length(args.output_len),
                                  49152, args.seed))
+    repeats = set(rng.sample(range(4, args.num_prompts), round(args.repeat_fraction * args.num_prompts)))
     requests: list[BenchRequest] = []
     for index in range(args.num_prompts):
-        if index >= 4 and rng.random() < args.repeat_fraction:
-            requests.append(rng.choice(requests))
-        else:
-            requests.append(next(fresh))
+        requests.append(rng.choice(requests) if index in repeats else next(fresh))
     return requests
 
 

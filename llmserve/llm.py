@@ -35,6 +35,11 @@ class LLM:
     def tokenizer(self) -> Tokenizer | None:
         return self.engine.tokenizer
 
+    def reset_prefix_cache(self) -> None:
+        """Forget all cached prefixes, e.g. between benchmark runs of one workload."""
+        if self.engine.block_manager.prefix_cache is not None:
+            self.engine.block_manager.prefix_cache.clear()
+
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  priority: int | str | Sequence[int | str] | None = None) -> list[RequestOutput]:

@@ -76,6 +76,11 @@ class PrefixCache:
         self._hash_of[block_id] = key
         return True
 
+    def clear(self) -> None:
+        """Forget every name; blocks in use keep their contents but can no longer be found."""
+        self._by_hash.clear()
+        self._hash_of.clear()
+
     def holds(self, block_id: int) -> bool:
         return block_id in self._hash_of
 

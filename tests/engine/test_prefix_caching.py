@@ -134,3 +134,16 @@ def test_turning_caching_off_keeps_no_names(folder):
     engine = _engine(folder, caching=False)
     _run(engine, _shared_prefix_prompts(3))
     assert engine.block_manager.prefix_cache is None
+
+
+def test_reset_prefix_cache_forgets_every_prefix(folder):
+    from llmserve import LLM
+
+    llm = LLM(folder, max_model_len=256, block_size=BS, num_kv_blocks=64, dtype="float32")
+    prompt = {"prompt_token_ids": _shared_prefix_prompts(1)[0]}
+    params = SamplingParams(temperature=0.0, max_tokens=2)
+    assert llm.generate(prompt, params)[0].num_cached_tokens == 0
+    full_blocks = (len(prompt["prompt_token_ids"]) - 1) // BS
+    assert llm.generate(prompt, params)[0].num_cached_tokens == full_blocks * BS
+    llm.reset_prefix_cache()
+    assert llm.generate(prompt, params)[0].num_cached_tokens == 0
