@@ -83,7 +83,8 @@ class BlockManager:
         hashes = self._block_hashes(request, full_blocks)
         blocks: list[int] = []
         parent = cache.root
-        for index, key in enumerate(hashes[:full_blocks]):
+        for index in range(full_blocks):
+            key = hashes[index]
             block = cache.lookup(parent, key, self._block_tokens(request, index))
             if block is None:
                 break

@@ -46,10 +46,6 @@ class PrefixCacheStats:
     hits: int = 0
     evictions: int = 0  # blocks whose cached KV was overwritten for new work
 
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.queries if self.queries else 0.0
-
 
 class PrefixCache:
     def __init__(self, root: BlockHash) -> None:
@@ -57,9 +53,6 @@ class PrefixCache:
         self._by_hash: dict[BlockHash, CachedBlock] = {}
         self._hash_of: dict[int, BlockHash] = {}  # block id -> its key, for eviction
         self.stats = PrefixCacheStats()
-
-    def __len__(self) -> int:
-        return len(self._by_hash)
 
     def lookup(self, parent: BlockHash, key: BlockHash, tokens: Sequence[int]) -> int | None:
         entry = self._by_hash.get(key)

@@ -161,11 +161,12 @@ class Scheduler:
                     return
                 if owed_only and not step.shares.owes_slot(request.priority, counts[request.priority]):
                     continue
-                cached = self.block_manager.cached_prefix(request)
-                num_uncached = request.num_tokens - len(cached) * self.block_manager.block_size
-                num_new = min(num_uncached, step.budget.allowance(request.priority))
-                if num_new <= 0:
+                allowance = step.budget.allowance(request.priority)
+                if allowance <= 0:
                     continue  # its class has spent its share; a later class may still have some
+                # The lookup comes after the allowance check: it walks the prompt's blocks.
+                cached = self.block_manager.cached_prefix(request)
+                num_new = min(request.num_tokens - len(cached) * self.block_manager.block_size, allowance)
                 if not self._admit(request, cached, num_new, step):
                     break  # admitting anyone behind it would take what it is waiting for
                 counts[request.priority] += 1
