@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from llmserve.bench.cli import add_bench_parser
 from llmserve.sampling_params import SamplingParams
@@ -20,6 +21,14 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                        help="HF folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
     group.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     group.add_argument("--load-format", default="auto", help="auto | safetensors | gguf | dummy")
+    group.add_argument("--quantization", "-q", default=None,
+                       help="none | int8 | int4 | w8a8 | fp8 (CUDA, compute capability 8.9+): weights quantized "
+                            "at load time (default: none, or what a `llmserve quantize` folder holds)")
+    group.add_argument("--quant-group-size", type=int, default=None,
+                       help="int4 group size: 32, 64 or 128 (default: 128 where it divides a layer's input, else 64, "
+                            "else 32)")
+    group.add_argument("--quant-skip", default=None, metavar="MODULES",
+                       help="modules kept in full precision, e.g. lm_head,layers.0")
     group.add_argument("--max-model-len", type=int, default=None)
     group.add_argument("--kv-cache-memory", default="2GiB", help="KV cache pool size, e.g. 2GiB")
     group.add_argument("--block-size", type=int, default=16)
@@ -58,7 +67,8 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
                 kv_cache_memory=args.kv_cache_memory, block_size=args.block_size,
                 enable_prefix_caching=args.prefix_caching, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, num_threads=args.threads, seed=args.seed,
-                scheduling_policy=args.scheduling_policy, service_classes=_service_classes(args))
+                scheduling_policy=args.scheduling_policy, service_classes=_service_classes(args),
+                quantization=args.quantization, quant_group_size=args.quant_group_size, quant_skip=args.quant_skip)
 
 
 def _service_classes(args: argparse.Namespace) -> ServiceClasses:
@@ -164,6 +174,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_server(config, log_level=args.log_level or "INFO")
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from llmserve.model.loader import load_model, resolve_dtype
+    from llmserve.quant.checkpoint import save_quantized
+    from llmserve.quant.config import QuantConfig
+
+    quant = QuantConfig.create(args.quantization, args.quant_group_size, args.quant_skip)
+    if not quant.enabled:
+        raise ValueError("--quantization must name a method: int8, int4, w8a8 or fp8")
+    start = time.perf_counter()
+    device = args.device or ("cuda" if quant.method == "fp8" else "cpu")
+    loaded = load_model(args.model, resolve_dtype(args.dtype), 2048, device=device, quant=quant)
+    out = save_quantized(loaded, Path(args.out))
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"wrote {quant.describe()} weights of {loaded.config.architecture} to {out} "
+          f"({size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f}s); serve them with "
+          f"`llmserve serve --model {out}`")
+    return 0
+
+
+def _quantize_parser(sub) -> None:
+    quantize = sub.add_parser("quantize", help="quantize a model once and save it, so later starts are fast")
+    quantize.add_argument("model", nargs="?", default=None,
+                          help="HF folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    quantize.add_argument("--quantization", "-q", required=True, help="int8 | int4 | w8a8 | fp8")
+    quantize.add_argument("--quant-group-size", type=int, default=None, help="int4 group size: 32, 64 or 128")
+    quantize.add_argument("--quant-skip", default=None, metavar="MODULES",
+                          help="modules kept in full precision, e.g. lm_head,layers.0")
+    quantize.add_argument("--dtype", default="auto", help="dtype of what stays unquantized (norms, skipped modules)")
+    quantize.add_argument("--device", default=None, help="where to quantize (default: cpu; cuda for fp8)")
+    quantize.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, tokenizer)")
+    quantize.set_defaults(func=cmd_quantize)
+
+
 def _serve_parser(sub) -> None:
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
@@ -203,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(chat)
     _sampling_args(chat, max_tokens=512)
     chat.set_defaults(func=cmd_chat)
+    _quantize_parser(sub)
     add_bench_parser(sub)
     return parser
 

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmserve.quant.config import QuantConfig
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
 
 SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3")
@@ -132,6 +133,7 @@ class EngineConfig:
     seed: int = 0
     num_threads: int | None = None
     max_model_len: int | None = None
+    quant: QuantConfig = field(default_factory=QuantConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -141,11 +143,13 @@ class EngineConfig:
                enable_prefix_caching: bool = True, max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
                scheduling_policy: str = "classes",
                service_classes: ServiceClasses | None = None, load_format: str = "auto", seed: int = 0,
-               num_threads: int | None = None, device: str = "cpu") -> EngineConfig:
+               num_threads: int | None = None, device: str = "cpu", quantization: str | None = None,
+               quant_group_size: int | None = None, quant_skip: str | list[str] | None = None) -> EngineConfig:
         """The flat keyword form that LLM(...), AsyncEngine.from_args(...) and the CLI share."""
         return cls(
             model=model, dtype=dtype, load_format=load_format, device=device, seed=seed,
             num_threads=num_threads, max_model_len=max_model_len,
+            quant=QuantConfig.create(quantization, quant_group_size, quant_skip),
             cache=CacheConfig(block_size=block_size, kv_cache_memory=parse_size(kv_cache_memory),
                               num_blocks=num_kv_blocks, enable_prefix_caching=enable_prefix_caching),
             scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,

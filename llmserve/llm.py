@@ -26,7 +26,7 @@ class LLM:
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         """kwargs: dtype, max_model_len, kv_cache_memory, block_size, num_kv_blocks, enable_prefix_caching,
         max_num_seqs, max_num_batched_tokens, scheduling_policy, service_classes, load_format, seed,
-        num_threads, device (see EngineConfig.create)."""
+        num_threads, device, quantization, quant_group_size, quant_skip (see EngineConfig.create)."""
         config = EngineConfig.create(model, **kwargs)
         self.engine = LLMEngine(config)
         self._ids = itertools.count()

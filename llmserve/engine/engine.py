@@ -47,7 +47,9 @@ class LLMEngine:
         self.dtype = resolve_dtype(config.dtype)
         self.device = torch.device(config.device)
         max_len = config.max_model_len or config.scheduler.max_model_len
-        loaded = load_model(config.model, self.dtype, max_len, config.load_format, config.device, config.seed)
+        loaded = load_model(config.model, self.dtype, max_len, config.load_format, config.device, config.seed,
+                            config.quant)
+        self.quant = loaded.quant  # what the weights really are: a saved checkpoint may bring its own
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.model_path = loaded.path
@@ -64,8 +66,9 @@ class LLMEngine:
         self.outputs = OutputBuilder()
         self._requests: dict[str, list[Request]] = {}
         self._sequence = itertools.count()
-        logger.info("engine ready in %.2fs: %s, %d KV blocks of %d tokens", time.perf_counter() - start,
-                    self.model_config.architecture, num_blocks, config.cache.block_size)
+        logger.info("engine ready in %.2fs: %s, %s, %s weights, %d KV blocks of %d tokens",
+                    time.perf_counter() - start, self.model_config.architecture, str(self.dtype).removeprefix("torch."),
+                    self.quant.describe() if self.quant.enabled else "unquantized", num_blocks, config.cache.block_size)
 
     # --- configuration -----------------------------------------------------------------
     def _resolve_max_len(self, requested: int | None) -> int:
@@ -96,9 +99,10 @@ class LLMEngine:
 
     @property
     def model_identity(self) -> str:
-        """What besides the tokens shapes this engine's KV and answers: weights, dtype, dummy seed."""
+        """What besides the tokens shapes this engine's KV and answers: weights, dtype, quantization, dummy seed."""
         config = self.config
-        return "|".join((str(self.model_path), config.load_format, str(self.dtype), str(config.seed)))
+        return "|".join((str(self.model_path), config.load_format, str(self.dtype), str(config.seed),
+                         self.quant.describe()))
 
     @property
     def scheduler_config(self) -> SchedulerConfig:

@@ -93,6 +93,10 @@ class Embedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)
 
+    def linear(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The tied LM head: hidden states times the embedding matrix."""
+        return F.linear(hidden, self.weight)
+
 
 class MergedLinear(nn.Module):
     """One weight matrix holding several projections stacked on the output dim (qkv, gate_up).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,9 @@ from llmserve.config import ModelConfig
 from llmserve.model.embedded import embedded_model_path
 from llmserve.model.layers import RotaryEmbedding
 from llmserve.model.registry import model_class
+from llmserve.quant.apply import build_quantized_modules, quantize_model
+from llmserve.quant.checkpoint import saved_quantization
+from llmserve.quant.config import QuantConfig
 
 if TYPE_CHECKING:
     from llmserve.model.tokenizer import Tokenizer
@@ -30,6 +33,9 @@ class LoadedModel:
     config: ModelConfig
     tokenizer: Tokenizer | None
     path: Path
+    hf_config: dict  # the checkpoint's config.json (or the GGUF file's equivalent)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    quant_specs: dict[str, dict] = field(default_factory=dict)  # module path -> how it is quantized
 
 
 def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -54,27 +60,37 @@ def cpu_has_amx_bf16() -> bool:
 
 
 def load_model(model: str | None, dtype: torch.dtype, max_model_len: int, load_format: str = "auto",
-               device: str = "cpu", seed: int = 0) -> LoadedModel:
+               device: str = "cpu", seed: int = 0, quant: QuantConfig | None = None) -> LoadedModel:
+    quant = quant or QuantConfig()
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unknown load_format {load_format!r}; choose from {', '.join(LOAD_FORMATS)}")
+    quant.check_device(device)
     path = embedded_model_path() if model is None else Path(model).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
     if path.is_file() or load_format == "gguf":
-        return _load_gguf(path, dtype, max_model_len, device)
+        return _load_gguf(path, dtype, max_model_len, device, quant)
     hf_config = _read_config(path)
     config = ModelConfig.from_hf_dict(hf_config)
     # Without tokenizer.json the model still serves prompts given as token ids.
     tokenizer = _folder_tokenizer(path)
     net = _build(config, max_model_len, device)
+    saved = saved_quantization(hf_config, quant)
+    if saved is not None:
+        tensors = dict(_safetensors(path))
+        build_quantized_modules(net, saved.specs, tensors, dtype, device)
+        net.load_weights(tensors.items(), dtype, device)
+        return LoadedModel(net.eval(), config, tokenizer, path, hf_config, saved.config, saved.specs)
+    # Quantizers start from fp32 weights, so the only rounding is their own.
+    source_dtype = torch.float32 if quant.enabled else dtype
     if load_format == "dummy":
-        _init_dummy(net, seed, dtype, device)
+        _init_dummy(net, seed, source_dtype, device)
     else:
-        net.load_weights(_safetensors(path), dtype, device)
-    return LoadedModel(net.eval(), config, tokenizer, path)
+        net.load_weights(_safetensors(path), source_dtype, device)
+    return _finish(LoadedModel(net, config, tokenizer, path, hf_config, quant), dtype)
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, max_model_len: int, device: str) -> LoadedModel:
+def _load_gguf(path: Path, dtype: torch.dtype, max_model_len: int, device: str, quant: QuantConfig) -> LoadedModel:
     from llmserve.model.gguf_reader import read_gguf  # the gguf package is only needed for GGUF files
 
     checkpoint = read_gguf(path)
@@ -83,8 +99,16 @@ def _load_gguf(path: Path, dtype: torch.dtype, max_model_len: int, device: str) 
     if tokenizer.eos_token_ids and not config.eos_token_ids:
         config = replace(config, eos_token_ids=tuple(tokenizer.eos_token_ids))
     net = _build(config, max_model_len, device)
-    net.load_weights(checkpoint.tensors(fuse=True, dtype=dtype), dtype, device)
-    return LoadedModel(net.eval(), config, tokenizer, path)
+    source_dtype = torch.float32 if quant.enabled else dtype
+    net.load_weights(checkpoint.tensors(fuse=True, dtype=source_dtype), source_dtype, device)
+    return _finish(LoadedModel(net, config, tokenizer, path, checkpoint.config, quant), dtype)
+
+
+def _finish(loaded: LoadedModel, dtype: torch.dtype) -> LoadedModel:
+    if loaded.quant.enabled:
+        loaded.quant_specs = quantize_model(loaded.model, loaded.quant, dtype)
+    loaded.model.eval()
+    return loaded
 
 
 def _folder_tokenizer(path: Path) -> Tokenizer | None:

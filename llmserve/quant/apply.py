@@ -1,0 +1,131 @@
+"""Swaps a loaded model's linears (and its embedding) for quantized ones, and rebuilds them from files.
+
+Each swapped module is recorded as a spec, `{"kind": ..., ...}` by module path; a saved checkpoint
+carries the specs in its config so loading needs no guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from llmserve.model.layers import Linear, MergedLinear
+from llmserve.quant.config import QuantConfig
+from llmserve.quant.fp8 import Fp8Linear
+from llmserve.quant.int4 import Int4Linear, pack_plain, unpack_plain
+from llmserve.quant.int8 import Int8Embedding, Int8Linear
+
+Spec = dict[str, object]
+
+
+def quantize_model(model: nn.Module, quant: QuantConfig, dtype: torch.dtype) -> dict[str, Spec]:
+    """Quantize in place from the model's (ideally fp32) weights; other parameters are cast to `dtype`."""
+    specs: dict[str, Spec] = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Linear | MergedLinear) and not quant.skips(name):
+            new, specs[name] = _quantize_linear(name, module, quant, dtype)
+            _set_module(model, name, new)
+    if _quantizes_embedding(model, quant):
+        dynamic = quant.method == "w8a8"
+        model.embed_tokens = Int8Embedding.from_float(model.embed_tokens.weight, dtype, dynamic)
+        specs["embed_tokens"] = {"kind": "w8a8_embedding" if dynamic else "int8_embedding"}
+    cast_parameters(model, dtype)
+    return specs
+
+
+def _quantize_linear(name: str, module: Linear | MergedLinear, quant: QuantConfig,
+                     dtype: torch.dtype) -> tuple[nn.Module, Spec]:
+    weight, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
+    method = quant.method
+    if method == "int4" and name == "lm_head":
+        # The vocabulary projection stays int8 under int4 (llama.cpp keeps it higher too):
+        # its errors land straight on the logits.
+        method = "int8"
+    if method in ("int8", "w8a8"):
+        return Int8Linear.from_float(weight, bias, dtype, dynamic=method == "w8a8"), {"kind": method}
+    if method == "int4":
+        group = quant.int4_group_size(name, weight.shape[1])
+        return Int4Linear.from_float(weight, bias, group, dtype), {"kind": "int4", "group_size": group}
+    return Fp8Linear.from_float(weight, bias, dtype), {"kind": "fp8"}
+
+
+def _quantizes_embedding(model: nn.Module, quant: QuantConfig) -> bool:
+    """int8 rows for the integer methods. Tied to the LM head, one skip keeps both: they are one tensor.
+    Under fp8 (a GPU, where memory is rarely the limit) the embedding stays as it is."""
+    if quant.method not in ("int8", "int4", "w8a8") or quant.skips("embed_tokens"):
+        return False
+    return model.lm_head is not None or not quant.skips("lm_head")
+
+
+def build_quantized_modules(model: nn.Module, specs: dict[str, Spec], tensors: dict[str, torch.Tensor],
+                            dtype: torch.dtype, device: torch.device | str) -> None:
+    """Put saved quantized modules in place, consuming their tensors from `tensors`."""
+    for name, spec in specs.items():
+        def take(key: str, name: str = name) -> torch.Tensor:
+            try:
+                return tensors.pop(f"{name}.{key}").to(device)
+            except KeyError:
+                raise ValueError(f"quantized checkpoint is missing {name}.{key}") from None
+
+        bias = tensors.pop(f"{name}.bias", None)
+        bias = None if bias is None else bias.to(device)
+        kind = spec.get("kind")
+        if kind in ("int8", "w8a8"):
+            module: nn.Module = Int8Linear(take("qweight"), take("weight_scale"), bias, dtype, kind == "w8a8")
+        elif kind == "int4":
+            module = Int4Linear(unpack_plain(take("qweight")), take("weight_scale"), take("weight_zero"),
+                                int(spec["group_size"]), bias, dtype)
+        elif kind == "fp8":
+            module = Fp8Linear(take("qweight"), take("weight_scale"), bias, dtype)
+        elif kind in ("int8_embedding", "w8a8_embedding"):
+            module = Int8Embedding(take("qweight"), take("weight_scale"), dtype, kind == "w8a8_embedding")
+        else:
+            raise ValueError(f"unknown quantized module kind {kind!r} for {name}")
+        _set_module(model, name, module)
+
+
+def portable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor to save, under our module paths; int4 weights in their device-free plain layout."""
+    state: dict[str, torch.Tensor] = {}
+    int4 = {name: m for name, m in model.named_modules() if isinstance(m, Int4Linear)}
+    for name, module in int4.items():
+        scale, zero = module.scales()
+        state.update({f"{name}.qweight": pack_plain(module.unpacked()), f"{name}.weight_scale": scale,
+                      f"{name}.weight_zero": zero})
+    for key, tensor in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if owner not in int4 or leaf == "bias":
+            state[key] = tensor
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def cast_parameters(model: nn.Module, dtype: torch.dtype) -> None:
+    for module in model.modules():
+        for key, param in module._parameters.items():
+            if param is not None and param.is_floating_point() and param.dtype != dtype:
+                module._parameters[key] = nn.Parameter(param.detach().to(dtype), requires_grad=False)
+
+
+def weights_nbytes(model: nn.Module) -> int:
+    """Bytes of weights the model holds (shared tensors once); the rope tables are not weights."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in _weight_tensors(model):
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _weight_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
+    yield from model.parameters()
+    for name, buffer in model.named_buffers():
+        if not name.startswith("rotary."):
+            yield buffer
+
+
+def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)

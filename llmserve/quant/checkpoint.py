@@ -1,0 +1,60 @@
+"""Quantized checkpoints: `llmserve quantize` writes one, the loader reads it back without requantizing.
+
+The folder is an HF-style one (config.json, model.safetensors, tokenizer files), its config
+carrying a `quantization_config` with `"quant_method": "llmserve"` and how each module is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmserve.quant.apply import portable_state
+from llmserve.quant.config import QuantConfig
+
+if TYPE_CHECKING:
+    from llmserve.model.loader import LoadedModel
+
+QUANT_METHOD = "llmserve"
+
+
+@dataclass
+class SavedQuantization:
+    config: QuantConfig
+    specs: dict[str, dict]
+
+
+def saved_quantization(hf_config: dict, requested: QuantConfig) -> SavedQuantization | None:
+    """How a checkpoint folder is quantized (None: it is not), checked against what was asked for."""
+    entry = hf_config.get("quantization_config")
+    if not entry:
+        return None
+    if entry.get("quant_method") != QUANT_METHOD:
+        raise ValueError(f"this checkpoint is quantized with {entry.get('quant_method')!r}; llmserve loads "
+                         "full-precision checkpoints, GGUF files, and folders written by `llmserve quantize`")
+    saved = QuantConfig(method=entry["method"], group_size=entry.get("group_size"), skip=tuple(entry.get("skip", ())))
+    if requested.enabled and requested.method != saved.method:
+        raise ValueError(f"this checkpoint is already quantized ({saved.describe()}); "
+                         f"drop --quantization {requested.method} or quantize the original again")
+    return SavedQuantization(saved, dict(entry["modules"]))
+
+
+def save_quantized(loaded: LoadedModel, out: Path) -> Path:
+    """Write the loaded (quantized) model as a folder `llmserve serve --model` starts from directly."""
+    from safetensors.torch import save_file
+
+    if not loaded.quant.enabled:
+        raise ValueError("the model is not quantized; pass a quantization method")
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(portable_state(loaded.model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = {k: v for k, v in loaded.hf_config.items() if k != "quantization_config"}
+    quant = loaded.quant
+    config["quantization_config"] = {"quant_method": QUANT_METHOD, "method": quant.method,
+                                     "group_size": quant.group_size, "skip": list(quant.skip),
+                                     "modules": loaded.quant_specs}
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save(out)
+    return out

@@ -1,0 +1,112 @@
+"""int8 weights, symmetric per output channel: weight-only (int8) and with dynamic int8 activations (w8a8).
+
+Weight-only decode uses torch's `_weight_int8pack_mm`, which reads a quarter of fp32's bytes. With
+many rows a dense bf16/fp32 matmul on the dequantized weight is faster on CPU (measured: at 256
+rows the int8 kernel is ~10x slower than bf16 here), so wide prefill batches take that path.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from llmserve.quant.kernels import aligned, kernel_dtype
+
+# At most this many rows go through the weight-only kernel; more are cheaper dequantized.
+WEIGHT_ONLY_KERNEL_MAX_ROWS = 16
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight ≈ q * scale[:, None] with q in [-127, 127]; scale is fp32 [N]."""
+    w = weight.float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.float()[:, None]
+
+
+def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic per-token (per-row) symmetric quantization of activations: x ≈ q * scale."""
+    x32 = x.float()
+    amax = x32.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-8)
+    q = torch.round(x32 * (127.0 / amax)).to(torch.int8)
+    return q, amax / 127.0
+
+
+def int8_dynamic_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x @ W.T with x quantized per row and an int8 x int8 -> int32 product (torch._int_mm)."""
+    rows = x.shape[0]
+    xq, x_scale = quantize_rows_int8(x)
+    if xq.is_cuda and rows <= 16:  # cuBLASLt's int8 path wants more than 16 rows
+        xq = F.pad(xq, (0, 0, 0, 17 - rows))
+    acc = torch._int_mm(xq, qweight.t())[:rows]
+    return (acc.float() * x_scale * scale).to(x.dtype)
+
+
+class Int8Matmul(nn.Module):
+    """Holds int8 weights and multiplies by them: the part Int8Linear and Int8Embedding share."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, dynamic: bool) -> None:
+        super().__init__()
+        self.register_buffer("qweight", aligned(qweight.contiguous()))
+        self.register_buffer("weight_scale", scale.float())
+        # Copies in the dtypes the kernels take, made once rather than at every call.
+        self.register_buffer("_scale_kernel", aligned(scale.to(kernel_dtype(dtype, qweight.device))),
+                             persistent=False)
+        self.register_buffer("_scale_dense", scale.to(dtype), persistent=False)
+        self.dynamic = dynamic
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic:
+            return int8_dynamic_matmul(x, self.qweight, self.weight_scale)
+        if x.device.type == "cpu" and x.shape[0] <= WEIGHT_ONLY_KERNEL_MAX_ROWS:
+            out = torch.ops.aten._weight_int8pack_mm(x.to(self._scale_kernel.dtype), self.qweight, self._scale_kernel)
+            return out.to(x.dtype)
+        return F.linear(x, self.qweight.to(x.dtype) * self._scale_dense.to(x.dtype)[:, None])
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_int8(self.qweight, self.weight_scale)
+
+
+class Int8Linear(Int8Matmul):
+    """A Linear (or fused MergedLinear) with int8 weights; `dynamic` makes it w8a8."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                 dtype: torch.dtype, dynamic: bool) -> None:
+        super().__init__(qweight, scale, dtype, dynamic)
+        self.register_buffer("bias", None if bias is None else bias.to(dtype))
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                   dynamic: bool) -> Int8Linear:
+        q, scale = quantize_int8(weight)
+        return cls(q, scale, bias, dtype, dynamic)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.matmul(x)
+        return out if self.bias is None else out + self.bias
+
+
+class Int8Embedding(Int8Matmul):
+    """Token embeddings as int8 rows with a scale per token. With tied embeddings the same bytes
+    also serve as the LM head (`linear`), so the vocabulary matrix is stored once."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, dynamic: bool) -> None:
+        super().__init__(qweight, scale, dtype, dynamic)
+        self.dtype = dtype
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, dtype: torch.dtype, dynamic: bool) -> Int8Embedding:
+        q, scale = quantize_int8(weight)
+        return cls(q, scale, dtype, dynamic)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(ids, self.qweight).to(self.dtype)
+        return rows * self._scale_dense[ids].unsqueeze(-1)
+
+    def linear(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.matmul(hidden)
