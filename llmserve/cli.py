@@ -1,4 +1,4 @@
-"""`llmserve` command line: serve, generate, chat and bench."""
+"""`llmserve` command line: serve, generate, chat, quantize, eval and bench."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmserve.bench.cli import add_bench_parser
+from llmserve.eval.cli import add_eval_parser
 from llmserve.sampling_params import SamplingParams
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
 from llmserve.units import parse_duration_s
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(chat, max_tokens=512)
     chat.set_defaults(func=cmd_chat)
     _quantize_parser(sub)
+    add_eval_parser(sub)
     add_bench_parser(sub)
     return parser
 

@@ -50,6 +50,7 @@ class LLMEngine:
         loaded = load_model(config.model, self.dtype, max_len, config.load_format, config.device, config.seed,
                             config.quant)
         self.quant = loaded.quant  # what the weights really are: a saved checkpoint may bring its own
+        self.quant_specs = loaded.quant_specs
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.model_path = loaded.path

@@ -98,6 +98,10 @@ def _load_gguf(path: Path, dtype: torch.dtype, max_model_len: int, device: str, 
     tokenizer = checkpoint.tokenizer
     if tokenizer.eos_token_ids and not config.eos_token_ids:
         config = replace(config, eos_token_ids=tuple(tokenizer.eos_token_ids))
+    if quant.method == "int4" and quant.group_size is None and checkpoint.is_block_quantized():
+        # Groups of 32 land on the file's own grid; wider ones round its already rounded values
+        # again (measured on the embedded Q4_1 file: perplexity +0.1% at 32, +27% at 64).
+        quant = replace(quant, group_size=32)
     net = _build(config, max_model_len, device)
     source_dtype = torch.float32 if quant.enabled else dtype
     net.load_weights(checkpoint.tensors(fuse=True, dtype=source_dtype), source_dtype, device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import torch
 
@@ -15,10 +16,12 @@ DEFAULT_INT4_GROUP_SIZE = 128
 @dataclass(frozen=True)
 class QuantConfig:
     """`skip` names modules by their path in the model (`lm_head`, `layers.0`, `layers.3.mlp`,
-    `embed_tokens`); a name covers everything under it."""
+    `embed_tokens`), or by a glob (`layers.*.mlp.down_proj`); a name covers everything under it."""
 
     method: str = "none"
-    group_size: int | None = None  # int4 only; None: 128 where it divides the input dim, else 64, else 32
+    # int4 only. None: 32 for a GGUF file in ggml's block formats (its own grid), otherwise 128
+    # where it divides a layer's input dim, else 64, else 32.
+    group_size: int | None = None
     skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -43,7 +46,7 @@ class QuantConfig:
         return self.method != "none"
 
     def skips(self, module_name: str) -> bool:
-        return any(module_name == s or module_name.startswith(s + ".") for s in self.skip)
+        return any(fnmatchcase(module_name, s) or fnmatchcase(module_name, s + ".*") for s in self.skip)
 
     def int4_group_size(self, module_name: str, in_features: int) -> int:
         if self.group_size is not None:

@@ -85,6 +85,23 @@ def test_quantization_swaps_every_linear_and_the_tied_embedding(tiny):
     assert weights_nbytes(model) < 0.3 * full
 
 
+def test_w8a8_leaves_the_vocabulary_projection_in_the_model_dtype(tiny, qwen2):
+    tied = load_model(str(tiny), torch.bfloat16, 512, quant=QuantConfig("w8a8")).model
+    assert isinstance(tied.embed_tokens, Embedding) and tied.embed_tokens.weight.dtype == torch.bfloat16
+    assert tied.layers[0].mlp.down_proj.dynamic
+    untied = load_model(str(qwen2), torch.bfloat16, 512, quant=QuantConfig("w8a8")).model
+    assert isinstance(untied.lm_head, Linear) and isinstance(untied.embed_tokens, Int8Embedding)
+
+
+@pytest.mark.slow
+def test_int4_of_a_block_quantized_gguf_keeps_its_32_wide_grid():
+    llm = LLM(None, quantization="int4", max_model_len=256, kv_cache_memory="64MiB")
+    assert llm.engine.quant.group_size == 32
+    assert {s["group_size"] for s in llm.engine.quant_specs.values() if s["kind"] == "int4"} == {32}
+    explicit = LLM(None, quantization="int4", quant_group_size=64, max_model_len=256, kv_cache_memory="64MiB")
+    assert explicit.engine.quant.group_size == 64
+
+
 def test_skipped_modules_keep_full_precision_and_their_exact_outputs(tiny):
     quant = QuantConfig.create("int8", skip="lm_head,layers.0")
     model = load_model(str(tiny), torch.float32, 512, quant=quant).model

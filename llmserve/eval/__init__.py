@@ -1,0 +1,1 @@
+"""`llmserve eval`: accuracy, memory and speed of each precision against the full-precision model."""
