@@ -35,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
     peak_rss_mib,
 )
 from llmserve import LLM, SamplingParams  # noqa: E402
+from llmserve.quant.apply import weights_nbytes  # noqa: E402
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
@@ -73,7 +74,8 @@ def load_ours(args: argparse.Namespace, threads: int) -> tuple[LLM, float]:
     start = time.perf_counter()
     llm = LLM(model=None, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
               max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
-              num_threads=threads, seed=args.seed)
+              num_threads=threads, seed=args.seed, quantization=args.quantization,
+              quant_group_size=args.quant_group_size, quant_skip=args.quant_skip)
     return llm, time.perf_counter() - start
 
 
@@ -125,8 +127,8 @@ def decode_bytes_per_step(llm: LLM) -> dict[str, Any]:
     """Bytes of weights one batch-1 decode step must stream from memory."""
     model = llm.engine.runner.model
     cfg = llm.engine.model_config
-    total = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied matrix appears once
-    emb = model.embed_tokens.weight
+    total = weights_nbytes(model)  # quantized weights included; a tied matrix counts once
+    emb = model.embed_tokens.weight if hasattr(model.embed_tokens, "weight") else model.embed_tokens.qweight
     row = emb.shape[1] * emb.element_size()
     if cfg.tie_word_embeddings:
         # The lm_head matmul reads the whole shared matrix; the input lookup adds just one row.
@@ -135,10 +137,10 @@ def decode_bytes_per_step(llm: LLM) -> dict[str, Any]:
     else:
         weights = total - emb.numel() * emb.element_size() + row
         note = "all parameters, except that the input embedding lookup reads one row, not the table"
-    kv_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * emb.element_size()
+    kv_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * llm.engine.dtype.itemsize
     mid_context = B1_PROMPT_LEN + B1_OUTPUT_LEN // 2
     return {"weights": weights, "kv_at_mid_context": kv_per_token * mid_context, "mid_context": mid_context,
-            "num_parameters": sum(p.numel() for p in model.parameters()), "accounting": note}
+            "accounting": note}
 
 
 # --- transformers baseline ------------------------------------------------------------------
@@ -233,6 +235,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="for both engines: the comparison is always at one precision")
+    p.add_argument("--quantization", default=None,
+                   help="our engine only: int8 | int4 | w8a8 (transformers stays at --dtype, so the ratio then "
+                        "measures quantization too)")
+    p.add_argument("--quant-group-size", type=int, default=None)
+    p.add_argument("--quant-skip", default=None)
     p.add_argument("--skip-hf", action="store_true", help="run only our engine")
     p.add_argument("--json", type=Path, help="write all figures here")
     return p.parse_args(argv)
