@@ -20,7 +20,9 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument("--model", default=None,
                        help="HF folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
-    group.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    group.add_argument("--dtype", default="auto",
+                       help="auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA and on CPUs with AMX-BF16, "
+                            "else fp32)")
     group.add_argument("--load-format", default="auto", help="auto | safetensors | gguf | dummy")
     group.add_argument("--quantization", "-q", default=None,
                        help="none | int8 | int4 | w8a8 | fp8 (CUDA, compute capability 8.9+): weights quantized "
@@ -185,7 +187,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise ValueError("--quantization must name a method: int8, int4, w8a8 or fp8")
     start = time.perf_counter()
     device = args.device or ("cuda" if quant.method == "fp8" else "cpu")
-    loaded = load_model(args.model, resolve_dtype(args.dtype), 2048, device=device, quant=quant)
+    loaded = load_model(args.model, resolve_dtype(args.dtype, device), 2048, device=device, quant=quant)
     out = save_quantized(loaded, Path(args.out))
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {quant.describe()} weights of {loaded.config.architecture} to {out} "

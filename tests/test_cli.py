@@ -85,3 +85,16 @@ def test_a_bad_service_class_is_a_one_line_error() -> None:
     result = _run_cli("serve", "--service-class", "p0:ttft=soon")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "duration" in result.stderr
+
+
+def test_quantization_flags_reach_the_engine_config() -> None:
+    from llmserve.cli import _engine_kwargs, build_parser
+    from llmserve.config import EngineConfig
+    from llmserve.quant.config import QuantConfig
+
+    for command in (["serve"], ["generate", "hi"], ["chat"]):
+        args = build_parser().parse_args([*command, "-q", "int4", "--quant-group-size", "64",
+                                          "--quant-skip", "lm_head, layers.*.mlp.down_proj"])
+        config = EngineConfig.create(**_engine_kwargs(args))
+        assert config.quant == QuantConfig("int4", 64, ("lm_head", "layers.*.mlp.down_proj"))
+    assert EngineConfig.create(**_engine_kwargs(build_parser().parse_args(["serve"]))).quant.enabled is False

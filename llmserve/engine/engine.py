@@ -44,7 +44,7 @@ class LLMEngine:
         start = time.perf_counter()
         torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
         self.config = config
-        self.dtype = resolve_dtype(config.dtype)
+        self.dtype = resolve_dtype(config.dtype, config.device)
         self.device = torch.device(config.device)
         max_len = config.max_model_len or config.scheduler.max_model_len
         loaded = load_model(config.model, self.dtype, max_len, config.load_format, config.device, config.seed,

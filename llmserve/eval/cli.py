@@ -41,7 +41,7 @@ def add_eval_parser(sub) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from llmserve.model.loader import resolve_dtype
 
-    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
+    dtype = str(resolve_dtype(args.dtype, args.device)).removeprefix("torch.")
     settings = parse_settings(args.quantization, dtype, args.quant_group_size, args.quant_skip)
     for setting in settings:
         setting.quant.check_device(args.device)
@@ -56,7 +56,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # a setting's process failed; its last error line says why
         print(f"llmserve: error: {exc}", file=sys.stderr)
         return 1
-    table = to_markdown(rows)
+    table = to_markdown(rows, reference=dtype)
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table)

@@ -60,7 +60,24 @@ def to_json(rows: list[EvalRow], meta: dict) -> dict:
     return {"meta": meta, "rows": [asdict(r) for r in rows]}
 
 
-def to_markdown(rows: list[EvalRow]) -> str:
+def to_markdown(rows: list[EvalRow], reference: str | None = None) -> str:
+    """The table, then each setting's decode throughput relative to the `reference` row (the
+    unquantized model in the compared dtype), which says what really beats it on this machine."""
+    table = _table(rows)
+    ref = next((r for r in rows if r.label == reference), None)
+    if ref is None or len(rows) < 3:
+        return table
+    batches = list(ref.decode)
+    lines = ["", f"Decode throughput relative to {ref.label} (above 1.00x is faster):", "",
+             "| setting | " + " | ".join(f"batch {b}" for b in batches) + " |", "|" + "---|" * (len(batches) + 1)]
+    for r in rows:
+        if r is not ref:
+            ratios = [r.decode[b]["tokens_per_second"] / ref.decode[b]["tokens_per_second"] for b in batches]
+            lines.append(f"| {r.label} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
+    return table + "\n".join(lines) + "\n"
+
+
+def _table(rows: list[EvalRow]) -> str:
     batches = list(rows[0].decode)
     head = ["setting", "weights MiB (vs fp32)", "peak RSS MiB", "perplexity (change)", "top-1 agree",
             "greedy exact / prefix"]

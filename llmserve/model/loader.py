@@ -38,9 +38,11 @@ class LoadedModel:
     quant_specs: dict[str, dict] = field(default_factory=dict)  # module path -> how it is quantized
 
 
-def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
+    if name == "auto" and torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if name == "auto":
         # bf16 where the CPU multiplies it natively (AMX: several times fp32's speed here);
         # elsewhere bf16 matmuls are slower than fp32, and fp32 matches the reference exactly.

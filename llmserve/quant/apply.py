@@ -36,7 +36,7 @@ def quantize_model(model: nn.Module, quant: QuantConfig, dtype: torch.dtype) -> 
             new, specs[name] = _quantize_linear(name, module, quant, dtype)
             _set_module(model, name, new)
     if _quantizes_embedding(model, quant):
-        model.embed_tokens = Int8Embedding.from_float(model.embed_tokens.weight, dtype, dynamic=False)
+        model.embed_tokens = Int8Embedding.from_float(model.embed_tokens.weight, dtype)
         specs["embed_tokens"] = {"kind": "int8_embedding"}
     cast_parameters(model, dtype)
     return specs
@@ -87,7 +87,7 @@ def build_quantized_modules(model: nn.Module, specs: dict[str, Spec], tensors: d
         elif kind == "fp8":
             module = Fp8Linear(take("qweight"), take("weight_scale"), bias, dtype)
         elif kind == "int8_embedding":
-            module = Int8Embedding(take("qweight"), take("weight_scale"), dtype, dynamic=False)
+            module = Int8Embedding(take("qweight"), take("weight_scale"), dtype)
         else:
             raise ValueError(f"unknown quantized module kind {kind!r} for {name}")
         _set_module(model, name, module)

@@ -93,16 +93,16 @@ class Int8Linear(Int8Matmul):
 
 class Int8Embedding(Int8Matmul):
     """Token embeddings as int8 rows with a scale per token. With tied embeddings the same bytes
-    also serve as the LM head (`linear`), so the vocabulary matrix is stored once."""
+    also serve as the LM head (`linear`, weight-only), so the vocabulary matrix is stored once."""
 
-    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, dynamic: bool) -> None:
-        super().__init__(qweight, scale, dtype, dynamic)
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__(qweight, scale, dtype, dynamic=False)
         self.dtype = dtype
 
     @classmethod
-    def from_float(cls, weight: torch.Tensor, dtype: torch.dtype, dynamic: bool) -> Int8Embedding:
+    def from_float(cls, weight: torch.Tensor, dtype: torch.dtype) -> Int8Embedding:
         q, scale = quantize_int8(weight)
-        return cls(q, scale, dtype, dynamic)
+        return cls(q, scale, dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(ids, self.qweight).to(self.dtype)

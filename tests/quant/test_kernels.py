@@ -75,7 +75,7 @@ def test_w8a8_linear_is_exactly_the_product_of_its_quantized_operands():
 
 def test_int8_embedding_looks_up_and_projects_with_the_same_bytes():
     w = _weight(rows=64, cols=32)
-    emb = Int8Embedding.from_float(w, torch.float32, dynamic=False)
+    emb = Int8Embedding.from_float(w, torch.float32)
     ids = torch.tensor([3, 0, 63])
     torch.testing.assert_close(emb(ids), dequantize_int8(emb.qweight, emb.weight_scale)[ids])
     hidden = torch.randn(2, 32)
