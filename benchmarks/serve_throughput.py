@@ -124,9 +124,13 @@ async def load_with_health_probe(url: str, model: str, requests: list) -> tuple[
 
 def engine_flags(args: argparse.Namespace) -> list[str]:
     """The offline engine's settings, so the server runs the same configuration (server args may override)."""
-    return ["--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
-            "--max-num-batched-tokens", str(args.max_num_batched_tokens),
-            "--kv-cache-memory", str(args.kv_cache_memory), "--seed", str(args.seed)]
+    flags = ["--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
+             "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+             "--kv-cache-memory", str(args.kv_cache_memory), "--seed", str(args.seed)]
+    for flag, value in (("--quantization", args.quantization), ("--quant-group-size", args.quant_group_size),
+                        ("--quant-skip", args.quant_skip)):
+        flags += [flag, str(value)] if value is not None else []
+    return flags
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -140,6 +144,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--max-num-batched-tokens", type=int, default=base.max_num_batched_tokens)
     p.add_argument("--kv-cache-memory", default=base.kv_cache_memory)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=base.dtype)
+    p.add_argument("--quantization", default=None, help="int8 | int4 | w8a8, for the offline engine and the server")
+    p.add_argument("--quant-group-size", type=int, default=None)
+    p.add_argument("--quant-skip", default=None)
     p.add_argument("--served-model-name", help="the requests' model field (default: first of GET /v1/models)")
     p.add_argument("--repeats", type=int, default=1, help="offline then served, N times; medians are reported")
     args, server_args = p.parse_known_args(argv)
