@@ -10,8 +10,9 @@ from __future__ import annotations
 import gc
 import os
 import struct
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,9 +132,19 @@ class GGUFCheckpoint:
         # (see _one_thread). Most of the time goes to first-touch page faults on the new fp32
         # buffers, which the kernel also serves faster from several threads; fusing on the
         # workers too keeps that second copy off the loading thread.
-        with _one_thread(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            weights = pool.map(lambda parts: _dequantize_group(parts).to(dtype), groups.values())
-            yield from zip(groups, weights, strict=True)
+        workers = os.cpu_count() or 1
+        with _one_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
+            # A bounded window, not pool.map: map would dequantize every tensor ahead of the
+            # consumer, and a load-time quantizer that frees each one would still see them all held.
+            window: deque[tuple[str, Future[torch.Tensor]]] = deque()
+            for name, parts in groups.items():
+                window.append((name, pool.submit(lambda p: _dequantize_group(p).to(dtype), parts)))
+                if len(window) >= 2 * workers:
+                    done_name, future = window.popleft()
+                    yield done_name, future.result()
+            while window:
+                done_name, future = window.popleft()
+                yield done_name, future.result()
 
     def is_block_quantized(self) -> bool:
         """Whether weight matrices are stored in ggml's block formats (Q4_0 ... Q8_0, K-quants), whose

@@ -8,7 +8,7 @@ step's tokens of all sequences in one [T] tensor, so one forward serves a mixed 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -90,38 +90,56 @@ class LlamaForCausalLM(nn.Module):
         return head(hidden).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype,
-                     device: torch.device | str) -> None:
+                     device: torch.device | str, take: Callable[[str, torch.Tensor], bool] | None = None) -> None:
         """Adopt HF-named tensors as parameters (no copy where dtype and device already match),
-        fusing q/k/v and gate/up; the model may live on the meta device until then."""
+        fusing q/k/v and gate/up; the model may live on the meta device until then.
+
+        `take(name, tensor)` sees each whole parameter as soon as its last piece arrives and says
+        whether it consumed it (a load-time quantizer does), so tensors need not all be held at once.
+        """
         pieces: dict[str, dict[int | None, torch.Tensor]] = {}
         params = dict(self.named_parameters())
+        # Read before any module is swapped: how many shards make each fused parameter whole.
+        shards = {f"{path}.{leaf}": len(module.out_sizes) for path, module in self.named_modules()
+                  if isinstance(module, MergedLinear) for leaf in ("weight", "bias")}
+        state: dict[str, torch.Tensor] = {}
+        taken: set[str] = set()
         for hf_name, tensor in weights:
             target = _map_hf_name(hf_name)
             if target is None or (target[0] == "lm_head.weight" and self.lm_head is None):
                 continue
-            if target[0] not in params:
+            name, shard = target
+            if name not in params:
                 raise ValueError(f"checkpoint tensor {hf_name!r} has no place in {self.config.architecture}")
-            pieces.setdefault(target[0], {})[target[1]] = tensor
-        state = {name: self._assemble(name, param, pieces.get(name, {})).to(dtype=dtype, device=device)
-                 for name, param in params.items()}
+            parts = pieces.setdefault(name, {})
+            parts[shard] = tensor
+            if None in parts or len(parts) == shards.get(name):
+                whole = _assemble(name, params[name], pieces.pop(name), shards.get(name))
+                if take is not None and take(name, whole):
+                    taken.add(name)
+                else:
+                    state[name] = whole.to(dtype=dtype, device=device)
+        for name, param in params.items():
+            if name not in state and name not in taken:
+                _assemble(name, param, pieces.get(name, {}), shards.get(name))  # raises, naming what is missing
         self.load_state_dict(state, strict=False, assign=True)
 
-    def _assemble(self, name: str, param: torch.Tensor, parts: dict[int | None, torch.Tensor]) -> torch.Tensor:
-        module = self.get_submodule(name.rsplit(".", 1)[0])
-        if isinstance(module, MergedLinear) and None in parts:
-            tensor = parts[None]  # the checkpoint reader fused the shards already
-        elif isinstance(module, MergedLinear):
-            missing = [i for i in range(len(module.out_sizes)) if i not in parts]
-            if missing:
-                raise ValueError(f"checkpoint is missing shard {missing[0]} of {name}")
-            tensor = torch.cat([parts[i] for i in range(len(module.out_sizes))])
-        elif None in parts:
-            tensor = parts[None]
-        else:
-            raise ValueError(f"checkpoint is missing tensor {name}")
-        if tensor.shape != param.shape:
-            raise ValueError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}")
-        return tensor
+
+def _assemble(name: str, param: torch.Tensor, parts: dict[int | None, torch.Tensor],
+              num_shards: int | None) -> torch.Tensor:
+    """One parameter from its checkpoint pieces: whole (None), or `num_shards` to concatenate."""
+    if None in parts:
+        tensor = parts[None]  # a plain tensor, or shards the checkpoint reader fused already
+    elif num_shards is not None:
+        missing = [i for i in range(num_shards) if i not in parts]
+        if missing:
+            raise ValueError(f"checkpoint is missing shard {missing[0]} of {name}")
+        tensor = torch.cat([parts[i] for i in range(num_shards)])
+    else:
+        raise ValueError(f"checkpoint is missing tensor {name}")
+    if tensor.shape != param.shape:
+        raise ValueError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}")
+    return tensor
 
 
 _FUSED = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),

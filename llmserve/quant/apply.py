@@ -26,28 +26,67 @@ Spec = dict[str, object]
 VOCAB_PROJECTION = {"int8": "int8", "int4": "int8", "w8a8": None, "fp8": "fp8"}
 
 
-def quantize_model(model: nn.Module, quant: QuantConfig, dtype: torch.dtype) -> dict[str, Spec]:
-    """Quantize in place from the model's (ideally fp32) weights; other parameters are cast to `dtype`."""
-    specs: dict[str, Spec] = {}
-    for name, module in list(model.named_modules()):
-        if name == "lm_head" and VOCAB_PROJECTION[quant.method] is None:
-            continue
+def plan(model: nn.Module, quant: QuantConfig) -> dict[str, str]:
+    """Module path -> how `quant` stores it, for every module it swaps."""
+    targets = {}
+    for name, module in model.named_modules():
         if isinstance(module, Linear | MergedLinear) and not quant.skips(name):
-            new, specs[name] = _quantize_linear(name, module, quant, dtype)
-            _set_module(model, name, new)
+            method = VOCAB_PROJECTION[quant.method] if name == "lm_head" else quant.method
+            if method is not None:
+                targets[name] = method
     if _quantizes_embedding(model, quant):
-        model.embed_tokens = Int8Embedding.from_float(model.embed_tokens.weight, dtype)
-        specs["embed_tokens"] = {"kind": "int8_embedding"}
+        targets["embed_tokens"] = "int8_embedding"
+    return targets
+
+
+def quantize_model(model: nn.Module, quant: QuantConfig, dtype: torch.dtype) -> dict[str, Spec]:
+    """Quantize a model whose weights are all in place (ideally fp32); other parameters are cast to `dtype`."""
+    specs: dict[str, Spec] = {}
+    for name, method in plan(model, quant).items():
+        module = model.get_submodule(name)
+        bias = getattr(module, "bias", None)
+        new, specs[name] = quantize_module(name, method, module.weight.detach(),
+                                           None if bias is None else bias.detach(), quant, dtype)
+        _set_module(model, name, new)
     cast_parameters(model, dtype)
     return specs
 
 
-def _quantize_linear(name: str, module: Linear | MergedLinear, quant: QuantConfig,
-                     dtype: torch.dtype) -> tuple[nn.Module, Spec]:
-    weight, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
-    method = quant.method
-    if name == "lm_head":
-        method = VOCAB_PROJECTION[method]
+class LoadTimeQuantizer:
+    """Quantizes each module as its weight arrives from the checkpoint (a `take` for
+    `load_weights`), so the full-precision model never exists whole: load-time quantization then
+    peaks near the quantized model's size plus the tensors in flight. A missing tensor is still
+    reported by `load_weights`, which checks every parameter the model had before any swap."""
+
+    def __init__(self, model: nn.Module, quant: QuantConfig, dtype: torch.dtype, device: torch.device | str) -> None:
+        self.model, self.quant, self.dtype, self.device = model, quant, dtype, device
+        self.targets = plan(model, quant)
+        self.specs: dict[str, Spec] = {}
+        self._early_bias: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> bool:
+        """Whether `tensor` (a whole parameter, by our name) was consumed."""
+        path, _, leaf = name.rpartition(".")
+        method = self.targets.get(path)
+        if method is None:
+            return False
+        tensor = tensor.to(device=self.device)
+        if leaf == "bias":
+            if path in self.specs:  # the weight came first: the module is already quantized
+                self.model.get_submodule(path).bias = tensor.to(self.dtype)
+            else:
+                self._early_bias[path] = tensor
+            return True
+        new, self.specs[path] = quantize_module(path, method, tensor, self._early_bias.pop(path, None),
+                                                self.quant, self.dtype)
+        _set_module(self.model, path, new)
+        return True
+
+
+def quantize_module(name: str, method: str, weight: torch.Tensor, bias: torch.Tensor | None, quant: QuantConfig,
+                    dtype: torch.dtype) -> tuple[nn.Module, Spec]:
+    if method == "int8_embedding":
+        return Int8Embedding.from_float(weight, dtype), {"kind": "int8_embedding"}
     if method in ("int8", "w8a8"):
         return Int8Linear.from_float(weight, bias, dtype, dynamic=method == "w8a8"), {"kind": method}
     if method == "int4":

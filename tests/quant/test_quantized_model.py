@@ -159,3 +159,36 @@ def test_bad_combinations_fail_at_start_with_a_clear_message(tiny, kwargs, messa
 def test_cli_reports_a_bad_combination_without_a_traceback(tiny, capsys):
     assert main(["generate", "hi", "--model", str(tiny), "--quantization", "fp8"]) == 2
     assert "fp8 needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("biases_first", [True, False])
+def test_load_time_quantization_takes_a_bias_before_or_after_its_weight(qwen2, biases_first):
+    from safetensors.torch import load_file
+
+    from llmserve.model.loader import _build
+    from llmserve.quant.apply import LoadTimeQuantizer
+
+    expected = load_model(str(qwen2), torch.float32, 512, quant=QuantConfig("int8"))
+    tensors = sorted(load_file(str(qwen2 / "model.safetensors")).items(),
+                     key=lambda item: item[0].endswith("bias") != biases_first)
+    net = _build(expected.config, 512, "cpu")
+    quantizer = LoadTimeQuantizer(net, QuantConfig("int8"), torch.float32, "cpu")
+    net.load_weights(tensors, torch.float32, "cpu", take=quantizer)
+    assert quantizer.specs == expected.quant_specs
+    assert net.layers[1].self_attn.qkv_proj.bias is not None
+    reloaded = load_model(str(qwen2), torch.float32, 512, quant=QuantConfig("int8"))
+    reloaded.model = net.eval()
+    for a, b in zip(paged_logits(reloaded, PROMPTS), paged_logits(expected, PROMPTS), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_missing_bias_of_a_quantized_module_is_still_reported(qwen2, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(qwen2 / "model.safetensors"))
+    for shard in ("q_proj", "k_proj", "v_proj"):
+        del tensors[f"model.layers.1.self_attn.{shard}.bias"]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((qwen2 / "config.json").read_text())
+    with pytest.raises(ValueError, match="checkpoint is missing shard 0 of layers.1.self_attn.qkv_proj.bias"):
+        load_model(str(tmp_path), torch.float32, 512, quant=QuantConfig("int8"))
