@@ -127,6 +127,18 @@ def test_fp8_round_trip_keeps_three_mantissa_bits():
     assert bool(((back - w).abs() <= w.abs() / 16 + scale[:, None] * 2 ** -9).all())
 
 
+def test_fp8_linear_matches_its_dequantized_weight_through_scaled_mm_on_cpu():
+    # The engine refuses fp8 off CUDA; torch's CPU _scaled_mm still checks our scales and padding.
+    w, bias = _weight(), torch.randn(128) * 0.1
+    layer = Fp8Linear.from_float(w, bias, torch.bfloat16)
+    for rows in (1, 17):
+        x = torch.randn(rows, 256, dtype=torch.bfloat16)
+        out = layer(x)
+        assert out.shape == (rows, 128) and out.dtype == torch.bfloat16
+        expected = F.linear(x.double(), layer.dequantize().double(), bias.double())
+        assert _relative_error(out, expected) < 0.05  # e4m3 activations: 3 mantissa bits
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
                     reason="needs a CUDA GPU with fp8 (compute capability 8.9+)")
