@@ -192,3 +192,20 @@ def test_a_missing_bias_of_a_quantized_module_is_still_reported(qwen2, tmp_path)
     (tmp_path / "config.json").write_text((qwen2 / "config.json").read_text())
     with pytest.raises(ValueError, match="checkpoint is missing shard 0 of layers.1.self_attn.qkv_proj.bias"):
         load_model(str(tmp_path), torch.float32, 512, quant=QuantConfig("int8"))
+
+
+def test_w8a8_in_fp32_gives_a_request_the_same_tokens_alone_batched_and_chunked(tiny):
+    # Per-token activation scales and exact int32 products make each row independent of the batch.
+    # (bf16 and the weight-only kernels are not batch-invariant: they round differently by row count.)
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (5, 38, 17, 3, 29, 40, 11, 24)]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+
+    def run(batch: list[list[int]], **kwargs) -> list[list[int]]:
+        llm = LLM(str(tiny), dtype="float32", quantization="w8a8", num_kv_blocks=64, max_model_len=512,
+                  block_size=4, **kwargs)
+        return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in batch], params)]
+
+    alone = [run([p])[0] for p in prompts]
+    assert run(prompts) == alone
+    assert run(prompts, max_num_batched_tokens=7, max_num_seqs=3) == alone
