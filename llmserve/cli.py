@@ -190,7 +190,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, resolve_dtype(args.dtype, device), 2048, device=device, quant=quant)
     out = save_quantized(loaded, Path(args.out))
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"wrote {quant.describe()} weights of {loaded.config.architecture} to {out} "
+    print(f"wrote {loaded.quant.describe()} weights of {loaded.config.architecture} to {out} "
           f"({size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f}s); serve them with "
           f"`llmserve serve --model {out}`")
     return 0

@@ -38,6 +38,13 @@ def add_eval_parser(sub) -> None:
     parser.set_defaults(func=cmd_eval)
 
 
+def _refuse_quantized_checkpoint(model: str | None) -> None:
+    """The baseline must be the full-precision model; a quantized folder has none to offer."""
+    config = Path(model).expanduser() / "config.json" if model else None
+    if config is not None and config.is_file() and "quantization_config" in json.loads(config.read_text()):
+        raise ValueError(f"{model} is already quantized; run eval on the model it was quantized from")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from llmserve.model.loader import resolve_dtype
 
@@ -48,9 +55,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = Path(args.text).read_text() if args.text else None
     if args.window < 2 or args.max_tokens < 1 or args.decode_tokens < 2:
         raise ValueError("--window must be at least 2, --max-tokens at least 1, --decode-tokens at least 2")
+    if text is not None and not text.strip():
+        raise ValueError(f"{args.text} is empty")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if not batch_sizes or min(batch_sizes) < 1 or len(set(batch_sizes)) != len(batch_sizes):
+        raise ValueError("--batch-sizes must list distinct positive integers, e.g. 1,16")
+    _refuse_quantized_checkpoint(args.model)
     options = EvalOptions(model=args.model, text=text, window=args.window, max_tokens=args.max_tokens,
                           decode_tokens=args.decode_tokens, threads=args.threads, device=args.device,
-                          batch_sizes=[int(b) for b in args.batch_sizes.split(",") if b.strip()])
+                          batch_sizes=batch_sizes)
     try:
         rows, meta = run_eval(settings, options, progress=lambda line: print(line, file=sys.stderr, flush=True))
     except RuntimeError as exc:  # a setting's process failed; its last error line says why

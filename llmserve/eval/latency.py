@@ -23,6 +23,8 @@ def measure_decode(engine: LLMEngine, prompt_ids: list[int], batch_size: int, de
     """Prefill `batch_size` copies of the prompt, then time the steps where all of them decode.
 
     The copies differ in their first token so the prefix cache cannot make them one request.
+    Prefills spread over several steps, so the first requests also finish first: steps of that
+    thinning tail are not counted, only those where every request got a token.
     """
     params = SamplingParams(temperature=0.0, max_tokens=decode_tokens + 1, ignore_eos=True)
     ids = [f"decode-{batch_size}-{i}" for i in range(batch_size)]
@@ -36,7 +38,7 @@ def measure_decode(engine: LLMEngine, prompt_ids: list[int], batch_size: int, de
         begin = time.perf_counter()
         outputs = engine.step()
         elapsed = time.perf_counter() - begin
-        if all_decoding and outputs:
+        if all_decoding and len(outputs) == batch_size:
             steps.append(elapsed)
         started.update(o.request_id for o in outputs if o.outputs[0].token_ids)
     return DecodeTiming(batch_size, steps)

@@ -43,9 +43,11 @@ def parse_settings(methods: str, dtype: str, group_size: int | None = None,
     so `int4+lm_head+layers.0` is a mixed-precision row. `skip` applies to every quantized item.
     """
     settings = [BASELINE]
-    for item in filter(None, (part.strip() for part in methods.split(","))):
+    shared = [s.strip() for s in (skip or "").split(",") if s.strip()]
+    for item in filter(None, (part.strip().lower() for part in methods.split(","))):
         method, *item_skip = item.split("+")
-        shared = [s for s in (skip or "").split(",") if s.strip()]
+        if method == "none" and item_skip:
+            raise ValueError(f"{item!r}: an unquantized setting has nothing to skip")
         quant = QuantConfig.create(method, group_size if method == "int4" else None,
                                    [*shared, *item_skip] if method != "none" else None)
         setting = EvalSetting(dtype, quant)

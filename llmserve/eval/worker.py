@@ -41,6 +41,8 @@ def run_setting(spec: dict) -> dict:
     if engine.tokenizer is None:
         raise ValueError("eval needs a model with a tokenizer")
     text_ids = engine.tokenizer.encode(spec["text"] or sample_text())
+    if len(text_ids) < 2:
+        raise ValueError("the eval text must have at least 2 tokens")
     scores = score_text(engine.runner.model, engine.model_config, engine.dtype, engine.device, text_ids,
                         min(spec["window"], engine.max_model_len))
     greedy = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"], ignore_eos=True)

@@ -149,7 +149,7 @@ class GGUFCheckpoint:
     def is_block_quantized(self) -> bool:
         """Whether weight matrices are stored in ggml's block formats (Q4_0 ... Q8_0, K-quants), whose
         scales step every 32 columns (or finer): the grid an int4 requantization should keep."""
-        plain = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16}
+        plain = {QType.F32, QType.F16, QType.BF16}
         return any(len(t.shape) == 2 and t.tensor_type not in plain for t in self._reader.tensors)
 
     def _job(self, tensor: Any) -> tuple[str, np.ndarray, int, tuple[int, ...]] | None:

@@ -99,7 +99,7 @@ class LlamaForCausalLM(nn.Module):
         """
         pieces: dict[str, dict[int | None, torch.Tensor]] = {}
         params = dict(self.named_parameters())
-        # Read before any module is swapped: how many shards make each fused parameter whole.
+        # Read before a load-time quantizer swaps modules: how many shards make each fused parameter whole.
         shards = {f"{path}.{leaf}": len(module.out_sizes) for path, module in self.named_modules()
                   if isinstance(module, MergedLinear) for leaf in ("weight", "bias")}
         state: dict[str, torch.Tensor] = {}

@@ -79,6 +79,7 @@ def load_model(model: str | None, dtype: torch.dtype, max_model_len: int, load_f
     net = _build(config, max_model_len, device)
     saved = saved_quantization(hf_config, quant)
     if saved is not None:
+        saved.config.check_device(device)
         tensors = dict(_safetensors(path))
         build_quantized_modules(net, saved.specs, tensors, dtype, device)
         net.load_weights(tensors.items(), dtype, device)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from llmserve.model.layers import Linear, MergedLinear
-from llmserve.quant.config import QuantConfig
+from llmserve.quant.config import QuantConfig, skip_matches
 from llmserve.quant.fp8 import Fp8Linear
 from llmserve.quant.int4 import Int4Linear, pack_plain, unpack_plain
 from llmserve.quant.int8 import Int8Embedding, Int8Linear
@@ -28,6 +28,11 @@ VOCAB_PROJECTION = {"int8": "int8", "int4": "int8", "w8a8": None, "fp8": "fp8"}
 
 def plan(model: nn.Module, quant: QuantConfig) -> dict[str, str]:
     """Module path -> how `quant` stores it, for every module it swaps."""
+    names = [name for name, _ in model.named_modules()] + ["lm_head"]  # a tied head is no module but names one
+    for pattern in quant.skip:
+        if not any(skip_matches(pattern, name) for name in names):
+            raise ValueError(f"--quant-skip {pattern!r} names no module of this model; paths look like lm_head, "
+                             "embed_tokens, layers.0, layers.0.mlp.down_proj or globs such as layers.*.mlp")
     targets = {}
     for name, module in model.named_modules():
         if isinstance(module, Linear | MergedLinear) and not quant.skips(name):

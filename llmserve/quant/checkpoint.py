@@ -34,11 +34,21 @@ def saved_quantization(hf_config: dict, requested: QuantConfig) -> SavedQuantiza
     if entry.get("quant_method") != QUANT_METHOD:
         raise ValueError(f"this checkpoint is quantized with {entry.get('quant_method')!r}; llmserve loads "
                          "full-precision checkpoints, GGUF files, and folders written by `llmserve quantize`")
+    if "method" not in entry or "modules" not in entry:
+        raise ValueError("this checkpoint's quantization_config lacks 'method' or 'modules'; write it again "
+                         "with `llmserve quantize`")
     saved = QuantConfig(method=entry["method"], group_size=entry.get("group_size"), skip=tuple(entry.get("skip", ())))
-    if requested.enabled and requested.method != saved.method:
-        raise ValueError(f"this checkpoint is already quantized ({saved.describe()}); "
-                         f"drop --quantization {requested.method} or quantize the original again")
+    if requested.enabled and _conflicts(requested, saved):
+        raise ValueError(f"this checkpoint is already quantized ({saved.describe()}); drop --quantization "
+                         f"({requested.describe()}) or quantize the original again")
     return SavedQuantization(saved, dict(entry["modules"]))
+
+
+def _conflicts(requested: QuantConfig, saved: QuantConfig) -> bool:
+    """Whether a request asks for something the saved weights are not (what it leaves unset is no conflict)."""
+    return (requested.method != saved.method
+            or (requested.group_size is not None and requested.group_size != saved.group_size)
+            or (bool(requested.skip) and set(requested.skip) != set(saved.skip)))
 
 
 def save_quantized(loaded: LoadedModel, out: Path) -> Path:
@@ -47,9 +57,13 @@ def save_quantized(loaded: LoadedModel, out: Path) -> Path:
 
     if not loaded.quant.enabled:
         raise ValueError("the model is not quantized; pass a quantization method")
+    if out.resolve() == loaded.path.resolve() or (out.exists() and any(out.iterdir())):
+        raise ValueError(f"{out} is not an empty folder; `llmserve quantize` writes a new one")
     out.mkdir(parents=True, exist_ok=True)
     save_file(portable_state(loaded.model), str(out / "model.safetensors"), metadata={"format": "pt"})
     config = {k: v for k, v in loaded.hf_config.items() if k != "quantization_config"}
+    # A GGUF file may name its EOS only in the tokenizer metadata; the folder's config must carry it.
+    config["eos_token_id"] = list(loaded.config.eos_token_ids) or config.get("eos_token_id")
     quant = loaded.quant
     config["quantization_config"] = {"quant_method": QUANT_METHOD, "method": quant.method,
                                      "group_size": quant.group_size, "skip": list(quant.skip),

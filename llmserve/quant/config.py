@@ -46,7 +46,7 @@ class QuantConfig:
         return self.method != "none"
 
     def skips(self, module_name: str) -> bool:
-        return any(fnmatchcase(module_name, s) or fnmatchcase(module_name, s + ".*") for s in self.skip)
+        return any(skip_matches(s, module_name) for s in self.skip)
 
     def int4_group_size(self, module_name: str, in_features: int) -> int:
         if self.group_size is not None:
@@ -74,11 +74,16 @@ class QuantConfig:
                              f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}")
 
     def describe(self) -> str:
-        """A short label for tables and logs, e.g. 'int4 g64 skip=lm_head'."""
+        """A short label for tables and logs, e.g. 'int4 g=64 skip=lm_head'."""
         label = self.method
         if self.method == "int4":
             label += f" g={self.group_size or 'auto'}"
         return label + (f" skip={','.join(self.skip)}" if self.skip else "")
+
+
+def skip_matches(pattern: str, module_name: str) -> bool:
+    """A skip names a module and everything under it, by path or glob."""
+    return fnmatchcase(module_name, pattern) or fnmatchcase(module_name, pattern + ".*")
 
 
 def _dividing(in_features: int) -> list[int]:

@@ -1,6 +1,6 @@
 """int4 weights in groups along the input dim, each group with its own scale and zero point.
 
-A weight is `(q - 8) * scale + zero` with q in [0, 15]; `zero` is the group's midpoint value, the
+A weight is `(q - 8) * scale + zero` with q in [0, 15]; `zero` is the value q = 8 stands for, the
 convention of torch's `_weight_int4pack_mm_for_cpu`, so scales and zeros go to the kernel as stored.
 On CPU the weights live in that kernel's packed layout (64-row blocks, row j and row j+32 of a
 block sharing a byte) when the output dim is a multiple of 64; files, other devices and odd shapes
@@ -61,7 +61,6 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.group_size = group_size
-        self.dtype = dtype
         self.kernel_layout = q.device.type == "cpu" and self.out_features % 64 == 0
         if self.kernel_layout:
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)

@@ -15,6 +15,9 @@ from llmserve.quant.kernels import aligned, kernel_dtype
 
 # At most this many rows go through the weight-only kernel; more are cheaper dequantized.
 WEIGHT_ONLY_KERNEL_MAX_ROWS = 16
+# Output channels dequantized at a time on the dense path, so a large vocabulary head never
+# exists whole in the activation dtype (a 128k x 4096 head would be 1 GiB in bf16).
+DENSE_CHUNK_CHANNELS = 8192
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +69,10 @@ class Int8Matmul(nn.Module):
         if x.device.type == "cpu" and x.shape[0] <= WEIGHT_ONLY_KERNEL_MAX_ROWS:
             out = torch.ops.aten._weight_int8pack_mm(x.to(self._scale_kernel.dtype), self.qweight, self._scale_kernel)
             return out.to(x.dtype)
-        return F.linear(x, self.qweight.to(x.dtype) * self._scale_dense.to(x.dtype)[:, None])
+        chunks = [F.linear(x, self.qweight[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)
+                           * self._scale_dense[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)[:, None])
+                  for lo in range(0, self.qweight.shape[0], DENSE_CHUNK_CHANNELS)]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)
 
     def dequantize(self) -> torch.Tensor:
         return dequantize_int8(self.qweight, self.weight_scale)

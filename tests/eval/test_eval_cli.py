@@ -53,6 +53,19 @@ def test_eval_refuses_a_setting_the_device_cannot_run_before_running_any(chat_mo
     assert "fp8 needs a CUDA GPU" in captured.err and "[1/" not in captured.err
 
 
+@pytest.mark.parametrize("flags", [["--batch-sizes", "1,0"], ["--batch-sizes", "4,4"], ["--window", "1"]])
+def test_eval_refuses_bad_options_before_running_anything(chat_model, flags, capsys):
+    assert main(["eval", "--model", str(chat_model), *flags]) == 2
+    assert "llmserve: error:" in capsys.readouterr().err
+
+
+def test_eval_refuses_an_already_quantized_model(chat_model, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["quantize", str(chat_model), "-q", "int8", "--out", str(out)]) == 0
+    assert main(["eval", "--model", str(out)]) == 2
+    assert "already quantized; run eval on the model it was quantized from" in capsys.readouterr().err
+
+
 def test_eval_reports_a_setting_that_fails_in_its_process(chat_model, capsys):
     # Only the worker finds out: an explicit group size that the model's 64-wide layers cannot take.
     assert main(["eval", "--model", str(chat_model), "-q", "int4", "--quant-group-size", "128",

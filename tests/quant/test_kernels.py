@@ -61,6 +61,17 @@ def test_int8_weight_only_linear_matches_its_dequantized_weight(rows, dtype):
     assert _relative_error(out, F.linear(x.double(), w.double(), bias.double())) < 2e-2
 
 
+def test_the_dense_path_of_a_wide_int8_matrix_works_in_chunks(monkeypatch):
+    from llmserve.quant import int8
+
+    w = _weight(rows=100)
+    layer = Int8Linear.from_float(w, None, torch.float32, dynamic=False)
+    x = torch.randn(WEIGHT_ONLY_KERNEL_MAX_ROWS + 1, 256)
+    whole = layer(x)
+    monkeypatch.setattr(int8, "DENSE_CHUNK_CHANNELS", 32)  # 100 channels: chunks of 32, 32, 32, 4
+    torch.testing.assert_close(layer(x), whole)
+
+
 def test_w8a8_linear_is_exactly_the_product_of_its_quantized_operands():
     w = _weight()
     layer = Int8Linear.from_float(w, None, torch.float32, dynamic=True)

@@ -102,6 +102,18 @@ def test_int4_of_a_block_quantized_gguf_keeps_its_32_wide_grid():
     assert explicit.engine.quant.group_size == 64
 
 
+@pytest.mark.slow
+def test_a_quantized_gguf_folder_keeps_the_eos_the_file_names_in_its_tokenizer(tmp_path):
+    assert main(["quantize", "-q", "int8", "--out", str(tmp_path / "q")]) == 0
+    gguf = LLM(None, max_model_len=256, kv_cache_memory="64MiB").engine.model_config.eos_token_ids
+    saved = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert gguf and saved["eos_token_id"] == list(gguf)
+    folder = LLM(str(tmp_path / "q"), max_model_len=256, kv_cache_memory="64MiB")
+    assert folder.engine.model_config.eos_token_ids == gguf
+    out = folder.chat([{"role": "user", "content": "Say hi."}], SamplingParams(temperature=0, max_tokens=200))
+    assert out[0].outputs[0].finish_reason == "stop"
+
+
 def test_skipped_modules_keep_full_precision_and_their_exact_outputs(tiny):
     quant = QuantConfig.create("int8", skip="lm_head,layers.0")
     model = load_model(str(tiny), torch.float32, 512, quant=quant).model
@@ -132,6 +144,12 @@ def test_a_saved_quantized_folder_reloads_to_identical_logits(tiny, tmp_path):
     assert (out / "model.safetensors").stat().st_size < 0.3 * (tiny / "model.safetensors").stat().st_size
     with pytest.raises(ValueError, match="already quantized"):
         load_model(str(out), torch.float32, 512, quant=QuantConfig("int8"))
+    with pytest.raises(ValueError, match="already quantized"):
+        load_model(str(out), torch.float32, 512, quant=QuantConfig("int4", group_size=64))
+    assert load_model(str(out), torch.float32, 512, quant=QuantConfig("int4")).quant.group_size == 32
+    # A second write into the folder would mix two checkpoints; the source folder is never overwritten.
+    for target in (out, tiny):
+        assert main(["quantize", str(tiny), "-q", "int8", "--out", str(target)]) == 2
 
 
 def test_a_folder_quantized_by_another_tool_is_refused_clearly(tiny, tmp_path):
@@ -150,6 +168,7 @@ def test_a_folder_quantized_by_another_tool_is_refused_clearly(tiny, tmp_path):
     (dict(quantization="int4", quant_group_size=48), "int4 group size must be one of 32, 64, 128"),
     (dict(quantization="int4", quant_group_size=128), "int4 group size 128 does not divide the input dim 64"),
     (dict(quantization="int8", quant_skip="layers.0."), "quant skip names must be module paths"),
+    (dict(quantization="int8", quant_skip="lm-head"), "--quant-skip 'lm-head' names no module of this model"),
 ])
 def test_bad_combinations_fail_at_start_with_a_clear_message(tiny, kwargs, message):
     with pytest.raises(ValueError, match=message):
