@@ -174,3 +174,23 @@ def test_int8_weights_at_a_misaligned_address_are_copied_before_the_kernel_reads
     assert layer.qweight.data_ptr() % 64 == 0
     x = torch.randn(2, 256)
     torch.testing.assert_close(layer(x), Int8Linear(q, scale, None, torch.float32, dynamic=False)(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_the_fused_w8a8_ends_compute_exactly_what_the_torch_ops_compute(dtype, with_bias):
+    from llmserve.model.kernels import int8_row_kernels
+    from llmserve.quant.int8 import _int8_dynamic_matmul_fused, _int8_dynamic_matmul_torch
+
+    kernels = int8_row_kernels(str(dtype).removeprefix("torch."))
+    if kernels is None:
+        pytest.skip("no C compiler: the torch path is the only one")
+    q, scale = quantize_int8(_weight())
+    bias = (torch.randn(128) * 0.1).to(dtype) if with_bias else None
+    for rows in (1, 16, 700):  # 700 x 256 crosses the kernels' threading threshold
+        x = (torch.randn(rows, 256) * torch.rand(rows, 1) * 10).to(dtype)
+        x[0] = 0.0  # an all-zero row takes the floor scale
+        fused = _int8_dynamic_matmul_fused(x, q, scale, bias, *kernels)
+        assert fused.dtype == dtype
+        reference = _int8_dynamic_matmul_torch(x, q, scale, bias)
+        assert torch.equal(fused, reference)

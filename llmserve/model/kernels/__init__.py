@@ -61,7 +61,7 @@ def _cpu_flags() -> str:
     return ""
 
 
-# Cache element type -> suffix of the kernel compiled for it.
+# Element type -> suffix of the kernels compiled for it (KV caches, w8a8 activations).
 KV_DTYPE_SUFFIXES = {"float32": "f32", "bfloat16": "bf16"}
 
 
@@ -71,6 +71,32 @@ def _attention_library() -> ctypes.CDLL | None:
         return None
     library = _compile(_SOURCE_DIR / "paged_attention.c")
     return None if library is None else ctypes.CDLL(str(library))
+
+
+@functools.cache
+def _int8_rows_library() -> ctypes.CDLL | None:
+    if os.environ.get("LLMSERVE_NO_KERNELS"):
+        return None
+    library = _compile(_SOURCE_DIR / "int8_rows.c")
+    return None if library is None else ctypes.CDLL(str(library))
+
+
+@functools.cache
+def int8_row_kernels(dtype: str) -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
+    """(quantize_rows, epilogue) of int8_rows.c for float32 or bfloat16 activations, or None
+    when kernels are unavailable or disabled or the dtype has none."""
+    library = _int8_rows_library()
+    if library is None or dtype not in KV_DTYPE_SUFFIXES:
+        return None
+    suffix = KV_DTYPE_SUFFIXES[dtype]
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    quantize = getattr(library, f"quantize_rows_{suffix}")
+    quantize.argtypes = [ptr, i64, i64, ptr, ptr]
+    quantize.restype = None
+    epilogue = getattr(library, f"epilogue_{suffix}")
+    epilogue.argtypes = [ptr, ptr, ptr, ptr, i64, i64, ptr]
+    epilogue.restype = None
+    return quantize, epilogue
 
 
 @functools.cache
