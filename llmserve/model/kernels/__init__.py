@@ -66,18 +66,11 @@ KV_DTYPE_SUFFIXES = {"float32": "f32", "bfloat16": "bf16"}
 
 
 @functools.cache
-def _attention_library() -> ctypes.CDLL | None:
+def _library(source: str) -> ctypes.CDLL | None:
+    """The compiled `source` of this folder, or None when kernels are unavailable or disabled."""
     if os.environ.get("LLMSERVE_NO_KERNELS"):
         return None
-    library = _compile(_SOURCE_DIR / "paged_attention.c")
-    return None if library is None else ctypes.CDLL(str(library))
-
-
-@functools.cache
-def _int8_rows_library() -> ctypes.CDLL | None:
-    if os.environ.get("LLMSERVE_NO_KERNELS"):
-        return None
-    library = _compile(_SOURCE_DIR / "int8_rows.c")
+    library = _compile(_SOURCE_DIR / source)
     return None if library is None else ctypes.CDLL(str(library))
 
 
@@ -85,7 +78,7 @@ def _int8_rows_library() -> ctypes.CDLL | None:
 def int8_row_kernels(dtype: str) -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
     """(quantize_rows, epilogue) of int8_rows.c for float32 or bfloat16 activations, or None
     when kernels are unavailable or disabled or the dtype has none."""
-    library = _int8_rows_library()
+    library = _library("int8_rows.c")
     if library is None or dtype not in KV_DTYPE_SUFFIXES:
         return None
     suffix = KV_DTYPE_SUFFIXES[dtype]
@@ -103,7 +96,7 @@ def int8_row_kernels(dtype: str) -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | 
 def paged_decode_attention(kv_dtype: str = "float32") -> ctypes._CFuncPtr | None:
     """The C decode-attention function for a cache of `kv_dtype` (float32 queries and output),
     or None when kernels are unavailable or disabled or the type has no kernel."""
-    library = _attention_library()
+    library = _library("paged_attention.c")
     if library is None or kv_dtype not in KV_DTYPE_SUFFIXES:
         return None
     fn = getattr(library, f"paged_decode_attention_{KV_DTYPE_SUFFIXES[kv_dtype]}")
