@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import statistics
 import sys
@@ -27,9 +28,9 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from benchmarks.serve_latency import json_safe, running_server  # noqa: E402
 from llmserve.bench.datasets import DatasetSpec  # noqa: E402
-from llmserve.bench.result import RequestResult, request_ttft  # noqa: E402
+from llmserve.bench.result import RequestResult  # noqa: E402
 from llmserve.bench.runner import BenchConfig, run_bench  # noqa: E402
-from llmserve.bench.stats import percentile  # noqa: E402
+from llmserve.bench.stats import Percentiles, metric_values  # noqa: E402
 from llmserve.bench.workload import BenchRequest, parse_length, random_requests  # noqa: E402
 
 MODES = {"response cache": ["--response-cache", "256MiB"], "no cache": []}
@@ -62,14 +63,13 @@ def workload(args: argparse.Namespace) -> list[BenchRequest]:
 
 
 def latencies(results: list[RequestResult]) -> dict[str, Any]:
-    ttfts = [t for r in results if (t := request_ttft(r)) is not None]
-    e2es = [r.end_time - r.send_time for r in results]
-    return {"count": len(results),
-            "ttft_p50_ms": percentile(ttfts, 50) * 1000 if ttfts else None,
-            "ttft_p99_ms": percentile(ttfts, 99) * 1000 if ttfts else None,
-            "e2e_p50_ms": percentile(e2es, 50) * 1000 if e2es else None,
-            "e2e_p99_ms": percentile(e2es, 99) * 1000 if e2es else None,
-            "e2e_mean_ms": statistics.fmean(e2es) * 1000 if e2es else None}
+    ttft, e2e = (Percentiles.of(metric_values(results, metric)) for metric in ("ttft", "e2el"))
+
+    def ms(seconds: float) -> float | None:
+        return None if math.isnan(seconds) else seconds * 1000
+
+    return {"count": len(results), "ttft_p50_ms": ms(ttft.median), "ttft_p99_ms": ms(ttft.p99),
+            "e2e_p50_ms": ms(e2e.median), "e2e_p99_ms": ms(e2e.p99), "e2e_mean_ms": ms(e2e.mean)}
 
 
 def run_mode(args: argparse.Namespace, flags: list[str], extra: list[str],

@@ -27,11 +27,7 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quantization", "-q", default=None,
                        help="none | int8 | int4 | w8a8 | fp8 (CUDA, compute capability 8.9+): weights quantized "
                             "at load time (default: none, or what a `llmserve quantize` folder holds)")
-    group.add_argument("--quant-group-size", type=int, default=None,
-                       help="int4 group size: 32, 64 or 128 (default: 128 where it divides a layer's input, else 64, "
-                            "else 32)")
-    group.add_argument("--quant-skip", default=None, metavar="MODULES",
-                       help="modules kept in full precision, e.g. lm_head,layers.0")
+    _quant_detail_args(group)
     group.add_argument("--max-model-len", type=int, default=None)
     group.add_argument("--kv-cache-memory", default="2GiB", help="KV cache pool size, e.g. 2GiB")
     group.add_argument("--block-size", type=int, default=16)
@@ -51,6 +47,15 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                          help="edit or add a class, e.g. p0:ttft=200ms,e2e=1s,share=0.4 (repeatable)")
     classes.add_argument("--default-service-class", default=None, metavar="NAME",
                          help="the class of requests that name none (default: the file's, else p3)")
+
+
+def _quant_detail_args(group: argparse._ActionsContainer) -> None:
+    """The int4 group size and the skipped modules, shared by the engine flags and `quantize`."""
+    group.add_argument("--quant-group-size", type=int, default=None,
+                       help="int4 group size: 32, 64 or 128 (default: 32 for a block-quantized GGUF file, else 128 "
+                            "where it divides a layer's input, else 64, else 32)")
+    group.add_argument("--quant-skip", default=None, metavar="MODULES",
+                       help="modules kept in full precision, paths or globs, e.g. lm_head,layers.0")
 
 
 def _sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -201,9 +206,7 @@ def _quantize_parser(sub) -> None:
     quantize.add_argument("model", nargs="?", default=None,
                           help="HF folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
     quantize.add_argument("--quantization", "-q", required=True, help="int8 | int4 | w8a8 | fp8")
-    quantize.add_argument("--quant-group-size", type=int, default=None, help="int4 group size: 32, 64 or 128")
-    quantize.add_argument("--quant-skip", default=None, metavar="MODULES",
-                          help="modules kept in full precision, e.g. lm_head,layers.0")
+    _quant_detail_args(quantize)
     quantize.add_argument("--dtype", default="auto", help="dtype of what stays unquantized (norms, skipped modules)")
     quantize.add_argument("--device", default=None, help="where to quantize (default: cpu; cuda for fp8)")
     quantize.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, tokenizer)")

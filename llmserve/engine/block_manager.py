@@ -45,8 +45,8 @@ class BlockManager:
         not counting `keep`, blocks about to be taken again."""
         return sum(1 for block in request.block_ids if self.ref_counts[block] == 1 and block not in keep)
 
-    def can_allocate(self, request: Request, num_new_tokens: int, reserve: int = 0) -> bool:
-        return self.num_new_blocks(request, num_new_tokens) + reserve <= len(self._free)
+    def can_allocate(self, request: Request, num_new_tokens: int) -> bool:
+        return self.num_new_blocks(request, num_new_tokens) <= len(self._free)
 
     def allocate(self, request: Request, num_new_tokens: int) -> None:
         needed = self.num_new_blocks(request, num_new_tokens)

@@ -54,7 +54,7 @@ def run_setting(spec: dict) -> dict:
         decode[str(batch_size)] = {"step_seconds": timing.step_seconds, "tokens_per_second": timing.tokens_per_second}
     return {
         "setting": setting.to_dict(),
-        "label": f"{engine.quant.describe()} ({setting.dtype})" if engine.quant.enabled else setting.label,
+        "label": EvalSetting(setting.dtype, engine.quant).label,  # what was loaded, e.g. int4's group size
         "quant_specs": engine.quant_specs,
         "load_seconds": load_seconds,
         "weights_bytes": weights_nbytes(engine.runner.model),

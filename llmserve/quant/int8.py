@@ -44,15 +44,6 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, amax / 127.0
 
 
-def int8_dynamic_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
-                        bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ W.T (+ bias) with x quantized per row and an int8 x int8 -> int32 product (torch._int_mm)."""
-    kernels = int8_row_kernels(str(x.dtype).removeprefix("torch.")) if x.device.type == "cpu" else None
-    if kernels is not None:
-        return _int8_dynamic_matmul_fused(x.contiguous(), qweight, scale, bias, *kernels)
-    return _int8_dynamic_matmul_torch(x, qweight, scale, bias)
-
-
 def _int8_dynamic_matmul_torch(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
                                bias: torch.Tensor | None) -> torch.Tensor:
     rows = x.shape[0]
@@ -66,7 +57,8 @@ def _int8_dynamic_matmul_torch(x: torch.Tensor, qweight: torch.Tensor, scale: to
 
 def _int8_dynamic_matmul_fused(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
                                bias: torch.Tensor | None, quantize, epilogue) -> torch.Tensor:
-    """The same arithmetic with the two elementwise ends in C (llmserve/model/kernels/int8_rows.c)."""
+    """The same arithmetic as the torch path, with its two elementwise ends in C
+    (llmserve/model/kernels/int8_rows.c)."""
     rows, cols = x.shape
     xq = torch.empty((rows, cols), dtype=torch.int8)
     x_scale = torch.empty(rows, dtype=torch.float32)
@@ -90,17 +82,26 @@ class Int8Matmul(nn.Module):
                              persistent=False)
         self.register_buffer("_scale_dense", scale.to(dtype), persistent=False)
         self.dynamic = dynamic
+        # w8a8's fused C ends (None: the torch ops), looked up once rather than at every call.
+        on_cpu = qweight.device.type == "cpu"
+        self._row_kernels = int8_row_kernels(str(dtype).removeprefix("torch.")) if dynamic and on_cpu else None
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ W.T (+ bias)."""
         if self.dynamic:
-            return int8_dynamic_matmul(x, self.qweight, self.weight_scale, getattr(self, "bias", None))
+            if self._row_kernels is not None:
+                return _int8_dynamic_matmul_fused(x.contiguous(), self.qweight, self.weight_scale, bias,
+                                                  *self._row_kernels)
+            return _int8_dynamic_matmul_torch(x, self.qweight, self.weight_scale, bias)
         if x.device.type == "cpu" and x.shape[0] <= WEIGHT_ONLY_KERNEL_MAX_ROWS:
             out = torch.ops.aten._weight_int8pack_mm(x.to(self._scale_kernel.dtype), self.qweight, self._scale_kernel)
-            return out.to(x.dtype)
-        chunks = [F.linear(x, self.qweight[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)
-                           * self._scale_dense[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)[:, None])
-                  for lo in range(0, self.qweight.shape[0], DENSE_CHUNK_CHANNELS)]
-        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)
+            out = out.to(x.dtype)
+        else:
+            chunks = [F.linear(x, self.qweight[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)
+                               * self._scale_dense[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)[:, None])
+                      for lo in range(0, self.qweight.shape[0], DENSE_CHUNK_CHANNELS)]
+            out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)
+        return out if bias is None else out + bias
 
     def dequantize(self) -> torch.Tensor:
         return dequantize_int8(self.qweight, self.weight_scale)
@@ -121,10 +122,7 @@ class Int8Linear(Int8Matmul):
         return cls(q, scale, bias, dtype, dynamic)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.matmul(x)
-        if self.dynamic or self.bias is None:  # the dynamic path adds the bias itself
-            return out
-        return out + self.bias
+        return self.matmul(x, self.bias)
 
 
 class Int8Embedding(Int8Matmul):

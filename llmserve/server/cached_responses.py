@@ -86,7 +86,7 @@ class ResponseCacheFront:
         return CacheUse(hashlib.sha256(text.encode()).hexdigest(), read="no-cache" not in directives, write=True)
 
     async def lookup(self, use: CacheUse) -> dict[str, Any] | None:
-        if not use.read or use.key is None:
+        if not use.read:
             return None
         raw = await self.cache.get(use.key)
         if raw is None:
@@ -101,7 +101,7 @@ class ResponseCacheFront:
         return entry
 
     async def store_body(self, use: CacheUse, body: dict[str, Any]) -> None:
-        if use.write and use.key is not None:
+        if use.write:
             await self.cache.put(use.key, _encode({"body": body}))
 
     async def recorded(self, use: CacheUse, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -112,7 +112,7 @@ class ResponseCacheFront:
                 use = NO_CACHE
             chunks.append(event)
             yield event
-        if use.write and use.key is not None:
+        if use.write:
             await self.cache.put(use.key, _encode({"chunks": chunks}))
 
 

@@ -54,11 +54,10 @@ class Ticket:
 class Shed(APIError):
     """A 429 that says which class was refused and why, for the metrics."""
 
-    def __init__(self, rank: int, reason: str, message: str, retry_after_s: float) -> None:
+    def __init__(self, reason: str, message: str, retry_after_s: float) -> None:
         retry = str(max(1, math.ceil(retry_after_s)))
         super().__init__(429, message, param="priority" if reason == LATE else None, code=reason,
                           headers={"Retry-After": retry})
-        self.rank = rank
         self.reason = reason
 
 
@@ -146,8 +145,8 @@ class LoadShedder:
         name = self.classes[rank].name
         if limit is not None and self.total_queued >= limit:
             excess = (self.total_queued - limit + 1) * self._mean_queued_tokens()
-            raise Shed(rank, QUEUE_FULL, f"the server's queue is full for class {name} ({self.total_queued} requests "
-                                         "waiting); retry later", excess / rate if rate else 1.0)
+            raise Shed(QUEUE_FULL, f"the server's queue is full for class {name} ({self.total_queued} requests "
+                                   "waiting); retry later", excess / rate if rate else 1.0)
         if self.class_aware and rate:
             self._check_targets(rank, rate)
 
@@ -160,8 +159,8 @@ class LoadShedder:
             if wait > target:
                 late = self.classes[r].name
                 because = "its" if r == rank else f"class {late}'s"
-                raise Shed(rank, LATE, f"class {self.classes[rank].name} is refused: {because} predicted wait of "
-                                       f"{wait:.2f}s exceeds the {late} target of {target:.2f}s; retry later",
+                raise Shed(LATE, f"class {self.classes[rank].name} is refused: {because} predicted wait of "
+                                 f"{wait:.2f}s exceeds the {late} target of {target:.2f}s; retry later",
                            wait - target)
 
     def snapshot(self) -> list[tuple[str, int, float]]:

@@ -56,7 +56,7 @@ async def tracked_stream(engine: AsyncEngine, queued: QueuedPrompt, metrics: Ser
     try:
         async for output in engine.stream(queued.prepared):
             progress.saw(output, time.monotonic(), gaps)
-            if progress.first_token is not None:
+            if progress.first_token is not None and not queued.ticket.done:
                 queued.ticket.leave(served=True)
             yield output
     finally:

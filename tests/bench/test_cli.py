@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 from llmserve.bench.report import ms
 from llmserve.cli import main
 from tests.bench.fake_openai import MODEL_ID, Script, scripted, threaded_fake_server
+from tests.net import free_port
 
 TOL_S = 0.02  # timer and scheduling slack on a busy 2-core machine
 LATE_S = 0.06  # a loaded machine only ever makes a scripted delay longer
@@ -144,22 +144,16 @@ def test_429s_and_dropped_streams_are_counted(tmp_path: Path, capsys: pytest.Cap
     assert statuses == [(False, 200), (False, 200), (False, 429), (False, 429), (True, 200), (True, 200)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_dead_server_is_counted_when_the_model_is_named(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     data = run_json(capsys, url, tmp_path / "run.json", "--model", "m", "--num-prompts", "3")
     assert data["summary"]["completed"] == 0
     assert data["summary"]["errors_by_status"] == {"no response": 3}
 
 
 def test_a_dead_server_without_a_model_name_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = bench(capsys, "serve", "--url", f"http://127.0.0.1:{_free_port()}", "--num-prompts", "2")
+    code, _, err = bench(capsys, "serve", "--url", f"http://127.0.0.1:{free_port()}", "--num-prompts", "2")
     assert code == 2
     assert "is the server up?" in err and "--model" in err
 
@@ -244,7 +238,7 @@ def test_a_stalled_server_times_out_per_request(tmp_path: Path, capsys: pytest.C
 
 
 def test_a_sweep_against_a_dead_server_counts_every_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = bench(capsys, "sweep", "--url", f"http://127.0.0.1:{_free_port()}", "--model", "m",
+    code, _, err = bench(capsys, "sweep", "--url", f"http://127.0.0.1:{free_port()}", "--model", "m",
                          "--num-prompts", "2", "--rates", "5,inf", "--out", str(tmp_path / "s.json"))
     assert code == 0, err
     runs = json.loads((tmp_path / "s.json").read_text())["sweep"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 from typing import Any
 
@@ -16,6 +15,7 @@ from llmserve.bench.result import RequestResult, request_itls, request_tpot, req
 from llmserve.bench.stats import summarize, wall_duration
 from llmserve.bench.workload import BenchRequest, Endpoint
 from tests.bench.fake_openai import BODIES, Handler, Script, fake_server, scripted, sse
+from tests.net import free_port
 
 FIRST_DELAY_S = 0.05
 GAP_S = 0.02
@@ -118,15 +118,9 @@ def test_server_failures_are_recorded_not_raised(handler: Handler, status: int, 
     assert result.end_time >= result.send_time
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_connection_refused_is_recorded_not_raised() -> None:
     async def go() -> list[RequestResult]:
-        url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there any more
+        url = f"http://127.0.0.1:{free_port()}"  # nothing listens there any more
         return await run_load(url, "m", [REQUEST, REQUEST], [0.0, 0.0])
 
     results = asyncio.run(go())

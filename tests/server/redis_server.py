@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.net import free_port
+
 
 @dataclass
 class RedisServer:
@@ -28,12 +30,6 @@ class RedisServer:
             self.process.wait(timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -44,11 +40,11 @@ def _answers_ping(port: int) -> bool:
 
 
 @contextmanager
-def redis_server(port: int | None = None) -> Iterator[RedisServer]:
+def redis_server() -> Iterator[RedisServer]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (Debian package redis-server; `make test` installs it)")
-    port = port or _free_port()
+    port = free_port()
     process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no", "--protected-mode", "yes"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

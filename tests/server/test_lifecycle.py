@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from llmserve.server.app import ServerConfig
+from tests.net import free_port
 from tests.server.live_server import MODEL_NAME, live_server, wait_healthy
 
 
@@ -63,12 +63,6 @@ def test_a_model_that_fails_to_load_reports_why(tmp_path):
         assert resp.status_code == 503 and "no model here" in resp.json()["reason"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _serve(model_path, port: int, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "llmserve.cli", "serve", "--model", str(model_path), "--port", str(port),
            "--served-model-name", MODEL_NAME, "--max-model-len", "1024", *extra]
@@ -78,7 +72,7 @@ def _serve(model_path, port: int, *extra: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_streams_then_exits_0(chat_model_path):
-    port = _free_port()
+    port = free_port()
     proc = _serve(chat_model_path, port, "--shutdown-timeout", "60")
     try:
         wait_healthy(f"http://127.0.0.1:{port}", timeout=120)
