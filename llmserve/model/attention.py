@@ -78,11 +78,15 @@ def kv_bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_
     return 2 * num_layers * num_kv_heads * head_dim * block_size * element
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerKVCache,
-                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    """q: [T, Hq, D]; k, v: [T, Hkv, D] for this step's tokens. Returns [T, Hq, D]."""
-    cache.key.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
-    cache.value.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+def store_kv(k: torch.Tensor, v: torch.Tensor, cache: LayerKVCache, slot_mapping: torch.Tensor) -> None:
+    """k, v: [T, Hkv, D] for this step's tokens, written to their slots before attention reads them."""
+    cache.key.index_copy_(1, slot_mapping, k.transpose(0, 1))
+    cache.value.index_copy_(1, slot_mapping, v.transpose(0, 1))
+
+
+def paged_attention(q: torch.Tensor, cache: LayerKVCache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q: [T, Hq, D] for this step's tokens, whose keys and values are already in the cache.
+    Returns [T, Hq, D]."""
     if len(meta.groups) == 1:
         return _attend(q, cache, meta.groups[0], scale)
     out = torch.empty_like(q)

@@ -15,6 +15,7 @@ from torch import nn
 
 from llmserve.config import ModelConfig
 from llmserve.model.attention import AttentionMetadata, LayerKVCache, paged_attention
+from llmserve.model.layer_ops import rotate_and_store
 from llmserve.model.layers import (
     Embedding,
     GatedMLP,
@@ -22,7 +23,6 @@ from llmserve.model.layers import (
     MergedLinear,
     RMSNorm,
     RotaryEmbedding,
-    apply_rotary,
 )
 
 
@@ -44,9 +44,8 @@ class LlamaAttention(nn.Module):
         qk, v = qkv[:, :self.num_heads + self.num_kv_heads], qkv[:, self.num_heads + self.num_kv_heads:]
         if self.q_norm is not None:
             qk = torch.cat((self.q_norm(qk[:, :self.num_heads]), self.k_norm(qk[:, self.num_heads:])), dim=1)
-        # q and k rotate together: one set of elementwise ops instead of two.
-        q, k = apply_rotary(qk, *rope).split((self.num_heads, self.num_kv_heads), dim=1)
-        out = paged_attention(q, k, v, cache, meta, self.scale)
+        q = rotate_and_store(qk, v, *rope, cache, meta.slot_mapping, self.num_heads)
+        out = paged_attention(q, cache, meta, self.scale)
         return self.o_proj(out.reshape(tokens, -1))
 
 
@@ -58,10 +57,17 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: LayerKVCache,
-                meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
+                cache: LayerKVCache, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this layer's MLP output, the residual stream before it): the next layer (or the final
+        norm) adds the two inside its norm, in the order HF adds them."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.add_and_norm(x, residual)
+        h = self.self_attn(h, rope, cache, meta)
+        h, residual = self.post_attention_layernorm.add_and_norm(h, residual)
+        return self.mlp(h), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -81,9 +87,12 @@ class LlamaForCausalLM(nn.Module):
         """Hidden states [T, hidden] after the final norm."""
         x = self.embed_tokens(input_ids)
         rope = self.rotary(positions)
+        residual = None
         for layer, cache in zip(self.layers, kv_caches, strict=True):
-            x = layer(x, rope, cache, meta)
-        return self.norm(x)
+            x, residual = layer(x, residual, rope, cache, meta)
+        if residual is None:  # no layers
+            return self.norm(x)
+        return self.norm.add_and_norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.embed_tokens.linear if self.lm_head is None else self.lm_head

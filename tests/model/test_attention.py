@@ -7,7 +7,13 @@ import torch
 from torch.nn import functional as F
 
 from llmserve.model import attention
-from llmserve.model.attention import AttentionMetadata, LayerKVCache, allocate_kv_cache, paged_attention
+from llmserve.model.attention import (
+    AttentionMetadata,
+    LayerKVCache,
+    allocate_kv_cache,
+    paged_attention,
+    store_kv,
+)
 from llmserve.model.kernels import paged_decode_attention
 from llmserve.runner.input_batch import build_inputs
 from tests.engine_helpers import fake_requests
@@ -24,31 +30,33 @@ def _reference(q, k, v, start):
     return out.transpose(0, 1)
 
 
-def _run(history: list[int], new: list[int], use_kernel: bool, monkeypatch, dtype: torch.dtype = torch.float32):
+def _run(history: list[int], new: list[int], use_kernel: bool, monkeypatch, dtype: torch.dtype = torch.float32,
+         dim: int = DIM, block: int = BLOCK, heads: int = HEADS, kv_heads: int = KV_HEADS):
     """Fill the cache with `history[i]` tokens per sequence, then attend `new[i]` more; compare."""
     gen = torch.Generator().manual_seed(0)
-    cache = allocate_kv_cache(1, KV_HEADS, DIM, 256, BLOCK, dtype, "cpu")[0]
+    cache = allocate_kv_cache(1, kv_heads, dim, 256, block, dtype, "cpu")[0]
     totals = [h + n for h, n in zip(history, new, strict=True)]
-    keys = [torch.randn(t, KV_HEADS, DIM, generator=gen).to(dtype) for t in totals]
-    values = [torch.randn(t, KV_HEADS, DIM, generator=gen).to(dtype) for t in totals]
-    queries = [torch.randn(n, HEADS, DIM, generator=gen).to(dtype) for n in new]
-    requests = fake_requests(totals, shuffle_blocks=True)
+    keys = [torch.randn(t, kv_heads, dim, generator=gen).to(dtype) for t in totals]
+    values = [torch.randn(t, kv_heads, dim, generator=gen).to(dtype) for t in totals]
+    queries = [torch.randn(n, heads, dim, generator=gen).to(dtype) for n in new]
+    requests = fake_requests(totals, shuffle_blocks=True, block_size=block)
     for r, h in zip(requests, history, strict=True):
         r.num_computed_tokens = h
         # Earlier steps wrote the history into the cache.
-        slots = torch.tensor([r.block_ids[p // BLOCK] * BLOCK + p % BLOCK for p in range(h)], dtype=torch.long)
+        slots = torch.tensor([r.block_ids[p // block] * block + p % block for p in range(h)], dtype=torch.long)
         idx = int(r.request_id)
         cache.key[:, slots] = keys[idx][:h].transpose(0, 1)
         cache.value[:, slots] = values[idx][:h].transpose(0, 1)
     scheduled = sorted(zip(requests, new, strict=True), key=lambda item: item[1] != 1)
-    inputs = build_inputs(scheduled, BLOCK, torch.device("cpu"))
+    inputs = build_inputs(scheduled, block, torch.device("cpu"))
     order = [int(r.request_id) for r, _ in scheduled]
     q = torch.cat([queries[i] for i in order])
     k = torch.cat([keys[i][history[i]:] for i in order])
     v = torch.cat([values[i][history[i]:] for i in order])
     if not use_kernel:
         monkeypatch.setattr(attention, "paged_decode_attention", lambda *_: None)
-    out = paged_attention(q, k, v, cache, inputs.attention, DIM ** -0.5)
+    store_kv(k, v, cache, inputs.attention.slot_mapping)
+    out = paged_attention(q, cache, inputs.attention, dim ** -0.5)
     assert out.dtype == dtype
     # bf16 inputs are exact in float32; the bf16 output carries one rounding (8 mantissa bits).
     tol = 1e-5 if dtype == torch.float32 else 8e-3
@@ -71,6 +79,19 @@ def test_mixed_decode_and_prefill_batch(use_kernel, dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_decode_only_batch_with_very_different_lengths(dtype, monkeypatch):
     _run(history=[0, 1, 63, 120], new=[1, 1, 1, 1], use_kernel=True, monkeypatch=monkeypatch, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("dim", "block", "heads", "kv_heads"),
+                         [(64, 16, 9, 3), (128, 16, 8, 2), (64, 8, 6, 1), (80, 32, 4, 4), (96, 4, 10, 2),
+                          (72, 16, 4, 2)])
+def test_decode_kernel_head_dims_and_block_sizes(dim, block, heads, kv_heads, dtype, monkeypatch):
+    """Real models' head dims (64, 128 and others), runs of 16 keys that end mid-block or span
+    several small blocks, group sizes 1 to 4; histories of every remainder modulo 16."""
+    if paged_decode_attention(str(dtype).removeprefix("torch.")) is None:
+        pytest.skip("no C compiler")
+    _run(history=[0, 1, 15, 16, 17, 40, 133], new=[1] * 7, use_kernel=True, monkeypatch=monkeypatch,
+         dtype=dtype, dim=dim, block=block, heads=heads, kv_heads=kv_heads)
 
 
 def test_bf16_kernel_is_the_one_used(monkeypatch):

@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -104,3 +105,35 @@ def paged_decode_attention(kv_dtype: str = "float32") -> ctypes._CFuncPtr | None
     fn.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float, ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn
+
+
+@dataclass(frozen=True)
+class LayerOpKernels:
+    """The functions of layer_ops.c for one activation type."""
+
+    rms_norm: ctypes._CFuncPtr
+    rope_store: ctypes._CFuncPtr
+    silu_mul: ctypes._CFuncPtr
+
+
+@functools.cache
+def layer_op_kernels(dtype: str) -> LayerOpKernels | None:
+    """layer_ops.c's kernels for float32 or bfloat16 tensors, or None when kernels are
+    unavailable or disabled or the dtype has none."""
+    library = _library("layer_ops.c")
+    if library is None or dtype not in KV_DTYPE_SUFFIXES:
+        return None
+    suffix = KV_DTYPE_SUFFIXES[dtype]
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    signatures = {
+        "rms_norm": [ptr, ptr, ptr, ptr, i64, i64, ctypes.c_float],
+        "rope_store": [ptr, i64, ptr, i64, ptr, ptr, i64, i64, i64, i64, ptr, ptr, ptr, i64, ptr],
+        "silu_mul": [ptr, i64, i64, ptr],
+    }
+    functions = {}
+    for name, argtypes in signatures.items():
+        fn = getattr(library, f"{name}_{suffix}")
+        fn.argtypes = argtypes
+        fn.restype = None
+        functions[name] = fn
+    return LayerOpKernels(**functions)

@@ -1,0 +1,82 @@
+"""The elementwise steps of a decoder layer: one C pass each on CPU (kernels/layer_ops.c), torch
+ops elsewhere or when kernels are off. Both paths round alike (see layer_ops.c)."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from llmserve.model.attention import LayerKVCache, store_kv
+from llmserve.model.kernels import LayerOpKernels, layer_op_kernels
+
+
+def _kernels(*tensors: torch.Tensor) -> LayerOpKernels | None:
+    """The kernels for these tensors: on the CPU, one dtype the kernels know, rows contiguous."""
+    first = tensors[0]
+    if first.device.type != "cpu" or any(t.dtype != first.dtype for t in tensors):
+        return None
+    return layer_op_kernels(str(first.dtype).removeprefix("torch."))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight * h / rms(h), h) where h = x + residual, or h = x without a residual.
+
+    Normalises in float32 as HF does. The kernel writes h into `residual` in place; callers
+    use the returned h either way.
+    """
+    operands = (x, weight) if residual is None else (x, weight, residual)
+    kernels = _kernels(*operands)
+    if kernels is not None and all(t.is_contiguous() for t in operands):
+        out = torch.empty_like(x)
+        cols = x.shape[-1]
+        kernels.rms_norm(x.data_ptr(), None if residual is None else residual.data_ptr(), weight.data_ptr(),
+                         out.data_ptr(), x.numel() // cols, cols, eps)
+        return out, residual
+    if residual is not None:
+        x = residual = x + residual
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype), residual
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for [T, 2 * I] rows holding gate then up."""
+    kernels = _kernels(gate_up)
+    if kernels is not None and gate_up.is_contiguous():
+        rows, cols = gate_up.numel() // gate_up.shape[-1], gate_up.shape[-1] // 2
+        out = gate_up.new_empty(*gate_up.shape[:-1], cols)
+        kernels.silu_mul(gate_up.data_ptr(), rows, cols, out.data_ptr())
+        return out
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, H, D] in HF's rotate-half layout; cos, sin: [T, 1, D/2]."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return out.to(x.dtype)
+
+
+def rotate_and_store(qk: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     cache: LayerKVCache, slot_mapping: torch.Tensor, num_q_heads: int) -> torch.Tensor:
+    """Rotates q and k ([T, Hq + Hkv, D]), writes k and v ([T, Hkv, D]) to their cache slots and
+    returns q as a new [T, Hq, D] tensor. q and k rotate together: one pass instead of two."""
+    tokens, heads, dim = qk.shape
+    kernels = _kernels(qk, v, cache.key)
+    if (kernels is not None and _rows_of_heads(qk) and _rows_of_heads(v) and cos.dtype == torch.float32
+            and cos.is_contiguous() and sin.is_contiguous() and slot_mapping.is_contiguous()):
+        q = qk.new_empty(tokens, num_q_heads, dim)
+        kernels.rope_store(qk.data_ptr(), qk.stride(0), v.data_ptr(), v.stride(0), cos.data_ptr(), sin.data_ptr(),
+                           tokens, num_q_heads, heads - num_q_heads, dim, slot_mapping.data_ptr(),
+                           cache.key.data_ptr(), cache.value.data_ptr(), cache.key.shape[1], q.data_ptr())
+        return q
+    q, k = apply_rotary(qk, cos, sin).split((num_q_heads, heads - num_q_heads), dim=1)
+    store_kv(k, v, cache, slot_mapping)
+    return q
+
+
+def _rows_of_heads(x: torch.Tensor) -> bool:
+    """Each token's heads lie contiguous ([H, D] dense), whatever the stride between tokens."""
+    return x.stride(2) == 1 and x.stride(1) == x.shape[2]

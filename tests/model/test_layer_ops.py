@@ -1,0 +1,111 @@
+"""The C layer ops (rms_norm, silu_and_mul, rotate_and_store) against the torch code they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmserve.model import layer_ops
+from llmserve.model.attention import allocate_kv_cache
+from llmserve.model.kernels import layer_op_kernels
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.fixture
+def torch_only(monkeypatch):
+    """Runs a layer op down its pure-torch path."""
+
+    def run(fn, *args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(layer_ops, "layer_op_kernels", lambda _dtype: None)
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _need_kernels(dtype: torch.dtype) -> None:
+    if layer_op_kernels(str(dtype).removeprefix("torch.")) is None:
+        pytest.skip("no C compiler")
+
+
+def _assert_rounding_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal but for the last bit of a few elements (a sum taken in another order)."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    if actual.dtype == torch.float32:
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+        return
+    differ = actual != expected
+    assert differ.float().mean() < 0.01
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=2 ** -6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_with_and_without_residual(dtype, torch_only):
+    _need_kernels(dtype)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(37, 576, generator=gen) * 3).to(dtype)
+    residual = torch.randn(37, 576, generator=gen).to(dtype)
+    weight = (1 + 0.1 * torch.randn(576, generator=gen)).to(dtype)
+    before = residual.clone()
+    expected, expected_sum = torch_only(layer_ops.rms_norm, x, weight, 1e-5, before)
+    out, total = layer_ops.rms_norm(x, weight, 1e-5, residual)
+    assert torch.equal(total, x + before)  # one rounding of the sum, as torch's add
+    assert total.data_ptr() == residual.data_ptr()  # written in place
+    assert torch.equal(total, expected_sum)
+    _assert_rounding_close(out, expected)
+    plain, none = layer_ops.rms_norm(x, weight, 1e-5)
+    assert none is None
+    _assert_rounding_close(plain, torch_only(layer_ops.rms_norm, x, weight, 1e-5)[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_rows_are_independent_of_the_batch(dtype):
+    _need_kernels(dtype)
+    x = torch.randn(300, 64).to(dtype)  # enough elements to run threaded
+    weight = torch.ones(64, dtype=dtype)
+    whole = layer_ops.rms_norm(x, weight, 1e-6)[0]
+    for row in (0, 151, 299):
+        assert torch.equal(layer_ops.rms_norm(x[row:row + 1].clone(), weight, 1e-6)[0][0], whole[row])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_falls_back_for_strided_input(dtype):
+    x = torch.randn(64, 16).to(dtype).t()  # not contiguous: torch path
+    weight = torch.ones(64, dtype=dtype)
+    x32 = x.float()
+    expected = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+    torch.testing.assert_close(layer_ops.rms_norm(x, weight, 1e-6)[0], expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_and_mul(dtype, torch_only):
+    _need_kernels(dtype)
+    gate_up = (torch.randn(23, 2 * 1536) * 4).to(dtype)
+    expected = torch_only(layer_ops.silu_and_mul, gate_up)
+    _assert_rounding_close(layer_ops.silu_and_mul(gate_up), expected)
+    assert layer_ops.silu_and_mul(gate_up).shape == (23, 1536)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("q_heads", "kv_heads", "dim"), [(9, 3, 64), (4, 4, 128), (6, 2, 16)])
+def test_rotate_and_store(q_heads, kv_heads, dim, dtype, torch_only):
+    _need_kernels(dtype)
+    gen = torch.Generator().manual_seed(1)
+    tokens, block = 11, 4
+    qkv = torch.randn(tokens, q_heads + 2 * kv_heads, dim, generator=gen).to(dtype)
+    qk, v = qkv[:, :q_heads + kv_heads], qkv[:, q_heads + kv_heads:]  # strided views, as the model passes
+    positions = torch.randint(0, 500, (tokens,), generator=gen)
+    freqs = positions.float().unsqueeze(1) * torch.rand(dim // 2, generator=gen)
+    cos, sin = freqs.cos().unsqueeze(1), freqs.sin().unsqueeze(1)
+    slots = torch.randperm(8 * block, generator=gen)[:tokens]
+    ours, reference = (allocate_kv_cache(1, kv_heads, dim, 8, block, dtype, "cpu")[0] for _ in range(2))
+    q = layer_ops.rotate_and_store(qk, v, cos, sin, ours, slots, q_heads)
+    expected_q = torch_only(layer_ops.rotate_and_store, qk, v, cos, sin, reference, slots, q_heads)
+    assert q.shape == (tokens, q_heads, dim) and q.is_contiguous()
+    assert torch.equal(q, expected_q)
+    assert torch.equal(ours.key, reference.key) and torch.equal(ours.value, reference.value)
+    assert torch.equal(ours.value[:, slots].transpose(0, 1), v)
+    unused = torch.ones(8 * block, dtype=torch.bool)
+    unused[slots] = False
+    assert float(ours.key[:, unused].abs().sum()) == 0.0
