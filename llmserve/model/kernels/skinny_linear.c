@@ -1,0 +1,86 @@
+/* y = x @ w.T (+ bias) for one or two rows of bfloat16 x: decode at batch 1 and 2.
+ *
+ * There a linear layer is bound by reading its weights once, but torch's bf16 matmul reaches
+ * only 10-20 GB/s of weights at 1-2 rows on this CPU. This walks the weights once, 4 output rows
+ * at a time, each against up to 4 input rows with vdpbf16ps (32 products per instruction, float32
+ * sums), and reaches 25-50 GB/s. With more rows AMX (torch's path) is faster.
+ *
+ *   x: [m, k] bf16, w: [n, k] bf16, bias: [n] bf16 or NULL, y: [m, n] bf16
+ *   k a multiple of 32, n a multiple of 4 (the caller checks, and uses torch otherwise)
+ */
+#include <stdint.h>
+
+#ifdef __AVX512BF16__ /* otherwise the library is empty and callers use torch */
+#include <immintrin.h>
+
+#define TILE_N 4
+#define TILE_M 4
+
+static inline float bf16_to_f32(uint16_t x) {
+    union { uint32_t u; float f; } v = {.u = (uint32_t)x << 16};
+    return v.f;
+}
+
+/* Round to nearest even, as torch's float -> bfloat16 conversion does (inputs are finite). */
+static inline uint16_t f32_to_bf16(float f) {
+    union { float f; uint32_t u; } v = {.f = f};
+    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+/* Lane t of the result is the sum of the 16 lanes of v[t] (see paged_attention.c). */
+static inline __m512 hsum16(const __m512 *v) {
+    __m512 pairs[8], quads[4], halves[2];
+    for (int i = 0; i < 8; i++)
+        pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                                 _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        const __m512d a = _mm512_castps_pd(pairs[2 * i]), b = _mm512_castps_pd(pairs[2 * i + 1]);
+        quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                                 _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    for (int i = 0; i < 2; i++)
+        halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0x88),
+                                  _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], 0x88),
+                         _mm512_shuffle_f32x4(halves[0], halves[1], 0xDD));
+}
+
+/* Output rows n0 .. n0+3 for input rows m0 .. m0+rows-1 (rows <= TILE_M). */
+static inline __attribute__((always_inline)) void tile(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
+                                                       uint16_t *y, int64_t m0, const int64_t rows, int64_t n0,
+                                                       int64_t n, int64_t k) {
+    __m512 acc[TILE_M * TILE_N];
+    for (int i = 0; i < TILE_M * TILE_N; i++) acc[i] = _mm512_setzero_ps();
+    const uint16_t *wt = w + n0 * k;
+    for (int64_t c = 0; c < k; c += 32) {
+        __m512bh wv[TILE_N];
+        for (int r = 0; r < TILE_N; r++) wv[r] = (__m512bh)_mm512_loadu_si512((const void *)(wt + r * k + c));
+        for (int m = 0; m < rows; m++) {
+            const __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(x + (m0 + m) * k + c));
+            for (int r = 0; r < TILE_N; r++) acc[m * TILE_N + r] = _mm512_dpbf16_ps(acc[m * TILE_N + r], xv, wv[r]);
+        }
+    }
+    float sums[TILE_M * TILE_N];
+    _mm512_storeu_ps(sums, hsum16(acc));
+    for (int64_t m = 0; m < rows; m++)
+        for (int r = 0; r < TILE_N; r++) {
+            const float b = bias == NULL ? 0.0f : bf16_to_f32(bias[n0 + r]);
+            y[(m0 + m) * n + n0 + r] = f32_to_bf16(sums[m * TILE_N + r] + b);
+        }
+}
+
+void skinny_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int64_t m,
+                        int64_t n, int64_t k, int num_threads) {
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t n0 = 0; n0 < n; n0 += TILE_N)
+        for (int64_t m0 = 0; m0 < m; m0 += TILE_M) {
+            /* Constant row counts, so that the accumulators live in registers. */
+            switch (m - m0 < TILE_M ? m - m0 : TILE_M) {
+            case 1: tile(x, w, bias, y, m0, 1, n0, n, k); break;
+            case 2: tile(x, w, bias, y, m0, 2, n0, n, k); break;
+            case 3: tile(x, w, bias, y, m0, 3, n0, n, k); break;
+            default: tile(x, w, bias, y, m0, 4, n0, n, k); break;
+            }
+        }
+}
+#endif
