@@ -3,11 +3,13 @@ ops elsewhere or when kernels are off. Both paths round alike (see layer_ops.c).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.nn import functional as F
 
 from llmserve.model.attention import LayerKVCache, store_kv
-from llmserve.model.kernels import LayerOpKernels, layer_op_kernels, skinny_linear_bf16
+from llmserve.model.kernels import LayerOpKernels, amx_linear_kernels, layer_op_kernels, skinny_linear_bf16
 
 
 def _kernels(*tensors: torch.Tensor) -> LayerOpKernels | None:
@@ -82,24 +84,70 @@ def _rows_of_heads(x: torch.Tensor) -> bool:
     return x.stride(2) == 1 and x.stride(1) == x.shape[2]
 
 
-# Up to this many rows a bf16 linear is bound by reading its weights, which the C kernel does at
-# 2-3x torch's rate here (batch-1 decode: 24 -> 52 tok/s). From 3 rows on, torch's matmul (AMX on
-# CPUs that have it) wins: vdpbf16ps peaks at a tenth of AMX's rate.
+# Which kernel multiplies a bf16 activation of `rows` rows on CPU (measured on this AMX machine,
+# per layer of the embedded model, torch / ours): up to 2 rows the vdpbf16ps kernel reads the
+# weights at 25-50 GB/s (batch-1 decode 24 -> 52 tok/s); up to 128 rows the AMX kernel reads
+# them once per call (48 rows: 482 against 831 us); above that torch's oneDNN matmul is as fast
+# or faster, and prefill chunks are that large.
 SKINNY_MAX_ROWS = 2
+AMX_MAX_ROWS = 128
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, through the C kernel for a few rows of bf16 on CPU."""
+@dataclass
+class PackedWeight:
+    """A bf16 weight in amx_linear.c's tile layout, with what it was packed from."""
+
+    source_ptr: int
+    source_version: int
+    packed: torch.Tensor
+
+
+def pack_for_amx(weight: torch.Tensor, cached: PackedWeight | None) -> PackedWeight | None:
+    """`cached` while it still matches `weight`, else a fresh packing; None when the AMX kernel
+    cannot take this weight (dtype, device, shape) or there is no AMX."""
+    out_features, in_features = weight.shape
+    if (weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not weight.is_contiguous()
+            or out_features % 16 or in_features % 32):
+        return None
+    if cached is not None and cached.source_ptr == weight.data_ptr() and cached.source_version == weight._version:
+        return cached
+    kernels = amx_linear_kernels()
+    if kernels is None:
+        return None
+    packed = torch.empty(weight.numel(), dtype=torch.bfloat16)
+    kernels.pack(weight.data_ptr(), packed.data_ptr(), out_features, in_features)
+    return PackedWeight(weight.data_ptr(), weight._version, packed)
+
+
+def wants_packed(x: torch.Tensor) -> bool:
+    """Whether `linear` would use a packed weight for this activation (so it is worth packing)."""
+    rows = x.numel() // x.shape[-1] if x.dim() else 0
+    return SKINNY_MAX_ROWS < rows <= AMX_MAX_ROWS and x.dtype == torch.bfloat16 and x.device.type == "cpu"
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           packed: PackedWeight | None = None) -> torch.Tensor:
+    """F.linear, through a C kernel for bf16 decode-sized batches on CPU (see SKINNY_MAX_ROWS)."""
     rows = x.numel() // x.shape[-1] if x.dim() else 0
     out_features, in_features = weight.shape
-    if (0 < rows <= SKINNY_MAX_ROWS and x.dtype == torch.bfloat16 and x.device.type == "cpu"
-            and weight.dtype == torch.bfloat16 and in_features % 32 == 0 and out_features % 4 == 0
-            and x.is_contiguous() and weight.is_contiguous()
-            and (bias is None or bias.dtype == torch.bfloat16 and bias.is_contiguous())):
+    fits = (x.dtype == torch.bfloat16 and x.device.type == "cpu" and weight.dtype == torch.bfloat16
+            and x.is_contiguous() and (bias is None or bias.dtype == torch.bfloat16 and bias.is_contiguous()))
+    if fits and 0 < rows <= SKINNY_MAX_ROWS and in_features % 32 == 0 and out_features % 4 == 0 \
+            and weight.is_contiguous():
         kernel = skinny_linear_bf16()
         if kernel is not None:
             out = x.new_empty(*x.shape[:-1], out_features)
             kernel(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
                    rows, out_features, in_features, torch.get_num_threads())
             return out
+    if fits and packed is not None and wants_packed(x):
+        kernels = amx_linear_kernels()
+        assert kernels is not None  # packed weights exist only where it does
+        flat = x.reshape(rows, in_features)
+        if rows % 16:  # the kernel reads whole 16-row tiles
+            flat = F.pad(flat, (0, 0, 0, 16 - rows % 16))
+        out = x.new_empty(*x.shape[:-1], out_features)
+        kernels.linear(flat.data_ptr(), rows, packed.packed.data_ptr(), None if bias is None else bias.data_ptr(),
+                       out.data_ptr(), out_features, in_features, torch.get_num_threads())
+        return out
     return F.linear(x, weight, bias)

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from llmserve.config import ModelConfig
-from llmserve.model.layer_ops import linear, rms_norm, silu_and_mul
+from llmserve.model.layer_ops import PackedWeight, linear, pack_for_amx, rms_norm, silu_and_mul, wants_packed
 
 
 class RMSNorm(nn.Module):
@@ -78,22 +78,32 @@ class Linear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.packed: PackedWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return project(self, x, self.weight, self.bias)
+
+
+def project(module: Linear | MergedLinear | Embedding, x: torch.Tensor, weight: torch.Tensor,
+            bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias, packing the weight for the AMX kernel on the first batch that can use it."""
+    if wants_packed(x):
+        module.packed = pack_for_amx(weight, module.packed)
+    return linear(x, weight, bias, module.packed)
 
 
 class Embedding(nn.Module):
     def __init__(self, num_embeddings: int, dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_embeddings, dim))
+        self.packed: PackedWeight | None = None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)
 
     def linear(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied LM head: hidden states times the embedding matrix."""
-        return linear(hidden, self.weight)
+        return project(self, hidden, self.weight, None)
 
 
 class MergedLinear(nn.Module):
@@ -107,9 +117,10 @@ class MergedLinear(nn.Module):
         self.out_sizes = out_sizes
         self.weight = nn.Parameter(torch.empty(sum(out_sizes), in_features))
         self.bias = nn.Parameter(torch.zeros(sum(out_sizes))) if bias else None
+        self.packed: PackedWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return project(self, x, self.weight, self.bias)
 
 
 class GatedMLP(nn.Module):

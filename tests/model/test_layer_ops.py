@@ -8,6 +8,7 @@ import torch
 from llmserve.model import layer_ops
 from llmserve.model.attention import allocate_kv_cache
 from llmserve.model.kernels import layer_op_kernels
+from llmserve.model.layers import Linear
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -111,18 +112,18 @@ def test_rotate_and_store(q_heads, kv_heads, dim, dtype, torch_only):
     assert float(ours.key[:, unused].abs().sum()) == 0.0
 
 
-@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize("rows", [1, 2, 5, 16, 37, 128, 129])
 @pytest.mark.parametrize(("out_features", "in_features", "bias"), [(960, 576, True), (576, 1536, False),
                                                                     (36, 64, False), (30, 48, True)])
 def test_linear_matches_a_float32_product(rows, out_features, in_features, bias):
-    """bf16 rows through the C kernel (1-2 rows, shapes it takes) or torch (the rest): either way
-    the float32 product of the bf16 operands, rounded once to bf16."""
+    """bf16 rows through the skinny kernel (1-2 rows), the AMX kernel (3-128 rows, shapes it
+    takes) or torch (the rest): each the float32 product of the bf16 operands, rounded once."""
     gen = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, in_features, generator=gen).to(torch.bfloat16)
     weight = torch.randn(out_features, in_features, generator=gen).to(torch.bfloat16)
     b = torch.randn(out_features, generator=gen).to(torch.bfloat16) if bias else None
     expected = torch.nn.functional.linear(x.float(), weight.float(), None if b is None else b.float())
-    out = layer_ops.linear(x, weight, b)
+    out = layer_ops.linear(x, weight, b, layer_ops.pack_for_amx(weight, None))
     assert out.dtype == torch.bfloat16 and out.shape == (rows, out_features)
     torch.testing.assert_close(out.float(), expected, rtol=2 ** -7, atol=1e-3)
 
@@ -138,3 +139,24 @@ def test_linear_takes_the_kernel_for_one_or_two_rows(monkeypatch):
         layer_ops.linear(torch.randn(rows, 64).to(torch.bfloat16), weight)
     layer_ops.linear(torch.randn(1, 64), weight.float())  # float32: torch
     assert calls == [1, 2]
+
+
+def test_projection_packs_its_weight_once_and_again_when_it_changes():
+    if layer_ops.amx_linear_kernels() is None:
+        pytest.skip("no C compiler or no AMX")
+    layer = Linear(64, 32).to(torch.bfloat16)
+    with torch.no_grad():
+        layer.weight.normal_()
+    x = torch.randn(8, 64).to(torch.bfloat16)
+    assert layer.packed is None
+    torch.testing.assert_close(layer(x).float(), x.float() @ layer.weight.float().T, rtol=2 ** -7, atol=1e-3)
+    first = layer.packed
+    assert first is not None
+    layer(x)
+    assert layer.packed is first
+    with torch.no_grad():
+        layer.weight.mul_(2)  # in place: the packing is stale
+    torch.testing.assert_close(layer(x).float(), x.float() @ layer.weight.float().T, rtol=2 ** -7, atol=1e-3)
+    assert layer.packed is not first
+    layer(x[:1])  # one row: the skinny kernel reads the weight as it is, no packing needed
+    layer.float()(x.float())  # float32: torch, nothing packed

@@ -151,3 +151,26 @@ def skinny_linear_bf16() -> ctypes._CFuncPtr | None:
     fn.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
     fn.restype = None
     return fn
+
+
+@dataclass(frozen=True)
+class AmxLinearKernels:
+    """amx_linear.c: `pack(w, packed, n, k)` once per weight, then `linear(x, m, packed, bias, y, n, k, threads)`."""
+
+    pack: ctypes._CFuncPtr
+    linear: ctypes._CFuncPtr
+
+
+@functools.cache
+def amx_linear_kernels() -> AmxLinearKernels | None:
+    """The AMX bf16 linear, or None when kernels are unavailable or disabled, the CPU has no
+    AMX-BF16, or the OS refuses the process AMX state."""
+    library = _library("amx_linear.c")
+    if library is None or not hasattr(library, "amx_linear_bf16") or library.amx_enable() != 0:
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    library.pack_weights.argtypes = [ptr, ptr, i64, i64]
+    library.pack_weights.restype = None
+    library.amx_linear_bf16.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, ctypes.c_int]
+    library.amx_linear_bf16.restype = None
+    return AmxLinearKernels(pack=library.pack_weights, linear=library.amx_linear_bf16)
