@@ -35,7 +35,8 @@ def _compile(source: Path) -> Path | None:
         logger.warning("no C compiler found; using the slower pure-torch attention")
         return None
     # The machine is part of the key: -march=native code must not be reused on another CPU.
-    key = hashlib.sha256(source.read_bytes() + " ".join(_FLAGS).encode() + platform.processor().encode()
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))  # what sources include
+    key = hashlib.sha256(source.read_bytes() + headers + " ".join(_FLAGS).encode() + platform.processor().encode()
                          + platform.machine().encode() + _cpu_flags().encode()).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():

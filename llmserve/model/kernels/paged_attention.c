@@ -99,11 +99,19 @@ static inline __m512 hsum16(const __m512 *v) {
 #undef KV_LOAD
 #undef KV_IS_F32
 
+#if defined(__AVX512BF16__)
+static int attend_bf16_online(const float *q, const uint16_t *key, const uint16_t *value, const int64_t *table,
+                              int64_t len, int64_t group, int64_t head_dim, int64_t block_size, float scale,
+                              float *out);
+#endif
+
 #define KV_T uint16_t
 #define KV_SUFFIX bf16
 #define KV_LOAD(x) bf16_to_f32(x)
 #define KV_IS_F32 0
 #include "paged_attention.c" /* this file, once per KV_T */
+
+#include "decode_bf16.h"
 
 #else /* the per-element code, once per KV_T */
 
@@ -320,6 +328,11 @@ int NAME(paged_decode_attention)(const float *q, const KV_T *key, const KV_T *va
         const float *q_item = q + (s * num_heads + head0) * head_dim;
         const KV_T *k_item = key + h * num_slots * head_dim, *v_item = value + h * num_slots * head_dim;
         float *scores = scratch + omp_get_thread_num() * per_thread, *out_item = out + (s * num_heads + head0) * head_dim;
+#if !KV_IS_F32 && defined(__AVX512BF16__)
+        if (attend_bf16_online(q_item, k_item, v_item, block_tables + s * max_blocks, context_lens[s], group,
+                               head_dim, block_size, scale, out_item))
+            continue;
+#endif
 #ifdef __AVX512F__
         if (head_dim % 16 == 0 && head_dim <= MAX_VEC_HEAD_DIM && group <= MAX_VEC_GROUP) {
             NAME(attend_one_avx512)(q_item, k_item, v_item, block_tables + s * max_blocks, context_lens[s], group,
