@@ -72,10 +72,10 @@ class RunResult:
 
 def load_ours(args: argparse.Namespace, threads: int) -> tuple[LLM, float]:
     start = time.perf_counter()
-    llm = LLM(model=None, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-              max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
+    budget = {} if args.max_num_batched_tokens is None else {"max_num_batched_tokens": args.max_num_batched_tokens}
+    llm = LLM(model=None, dtype=args.dtype, max_num_seqs=args.max_num_seqs, kv_cache_memory=args.kv_cache_memory,
               num_threads=threads, seed=args.seed, quantization=args.quantization,
-              quant_group_size=args.quant_group_size, quant_skip=args.quant_skip)
+              quant_group_size=args.quant_group_size, quant_skip=args.quant_skip, **budget)
     return llm, time.perf_counter() - start
 
 
@@ -230,7 +230,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hf-batch-size", type=int, default=16)
     p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="tokens per engine step (default: the offline LLM's, 1024)")
     p.add_argument("--kv-cache-memory", default="2GiB")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",

@@ -16,6 +16,12 @@ if TYPE_CHECKING:
 
 Message = dict[str, str]
 
+# Offline work waits for whole batches, not for each token, so it takes larger prefill chunks than
+# the server's default (512), which keeps running decodes' inter-token latency low: fewer, wider
+# steps read the weights fewer times. 1024 ran the offline benchmark 6% faster than 512 (21.7
+# against 23.1 s, bf16); 2048 gained nothing more.
+OFFLINE_MAX_NUM_BATCHED_TOKENS = 1024
+
 
 class LLM:
     """Load a model once, then generate for many prompts with continuous batching.
@@ -27,6 +33,7 @@ class LLM:
         """kwargs: dtype, max_model_len, kv_cache_memory, block_size, num_kv_blocks, enable_prefix_caching,
         max_num_seqs, max_num_batched_tokens, scheduling_policy, service_classes, load_format, seed,
         num_threads, device, quantization, quant_group_size, quant_skip (see EngineConfig.create)."""
+        kwargs.setdefault("max_num_batched_tokens", OFFLINE_MAX_NUM_BATCHED_TOKENS)
         config = EngineConfig.create(model, **kwargs)
         self.engine = LLMEngine(config)
         self._ids = itertools.count()

@@ -143,11 +143,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if fits and packed is not None and wants_packed(x):
         kernels = amx_linear_kernels()
         assert kernels is not None  # packed weights exist only where it does
-        flat = x.reshape(rows, in_features)
-        if rows % 16:  # the kernel reads whole 16-row tiles
-            flat = F.pad(flat, (0, 0, 0, 16 - rows % 16))
         out = x.new_empty(*x.shape[:-1], out_features)
-        kernels.linear(flat.data_ptr(), rows, packed.packed.data_ptr(), None if bias is None else bias.data_ptr(),
-                       out.data_ptr(), out_features, in_features, torch.get_num_threads())
+        if kernels.linear(x.data_ptr(), rows, packed.packed.data_ptr(), None if bias is None else bias.data_ptr(),
+                          out.data_ptr(), out_features, in_features, torch.get_num_threads()):
+            raise MemoryError("the AMX linear could not allocate its padded input")
         return out
     return F.linear(x, weight, bias)

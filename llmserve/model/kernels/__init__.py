@@ -173,5 +173,5 @@ def amx_linear_kernels() -> AmxLinearKernels | None:
     library.pack_weights.argtypes = [ptr, ptr, i64, i64]
     library.pack_weights.restype = None
     library.amx_linear_bf16.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, ctypes.c_int]
-    library.amx_linear_bf16.restype = None
+    library.amx_linear_bf16.restype = ctypes.c_int
     return AmxLinearKernels(pack=library.pack_weights, linear=library.amx_linear_bf16)

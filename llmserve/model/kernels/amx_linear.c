@@ -9,11 +9,12 @@
  * The weights are packed once (pack_weights) into the layout TDPBF16PS reads: for each tile of
  * 16 outputs and each 32 inputs, 16 rows of 16 bf16 pairs, pair (n, r) = w[n, 2r], w[n, 2r+1].
  *
- *   x: [m, k] bf16 contiguous; packed: [n/16][k/32][16][16][2] bf16; bias: [n] bf16 or NULL;
+ *   x: [m, k] bf16 contiguous (copied into whole 16-row tiles when m is not a multiple of 16); packed: [n/16][k/32][16][16][2] bf16; bias: [n] bf16 or NULL;
  *   y: [m, n] bf16. k a multiple of 32 and n of 16 (the caller checks, and uses torch otherwise).
  */
 #define _GNU_SOURCE /* syscall() */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AMX_BF16__) && defined(__AMX_TILE__) /* otherwise the library is empty: callers use torch */
@@ -95,10 +96,18 @@ static inline void multiply_slabs(const uint16_t *x, const uint16_t *packed, int
     }
 }
 
-/* x must hold a multiple of 16 rows (the caller pads); only the first m rows of y are written. */
-void amx_linear_bf16(const uint16_t *x, int64_t m, const uint16_t *packed, const uint16_t *bias, uint16_t *y,
-                     int64_t n, int64_t k, int num_threads) {
+/* Returns 1 when it cannot allocate the zero-padded copy of x that tiles of 16 rows need. */
+int amx_linear_bf16(const uint16_t *x, int64_t m, const uint16_t *packed, const uint16_t *bias, uint16_t *y,
+                    int64_t n, int64_t k, int num_threads) {
     const int64_t slabs_total = (m + SLAB - 1) / SLAB;
+    uint16_t *padded = NULL;
+    if (m % SLAB) {
+        padded = malloc(sizeof(uint16_t) * slabs_total * SLAB * k);
+        if (padded == NULL) return 1;
+        memcpy(padded, x, sizeof(uint16_t) * m * k);
+        memset(padded + m * k, 0, sizeof(uint16_t) * (slabs_total * SLAB - m) * k);
+        x = padded;
+    }
 #pragma omp parallel num_threads(num_threads)
     {
         configure_tiles();
@@ -127,5 +136,7 @@ void amx_linear_bf16(const uint16_t *x, int64_t m, const uint16_t *packed, const
         }
         _tile_release();
     }
+    free(padded);
+    return 0;
 }
 #endif
