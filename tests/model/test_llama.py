@@ -52,3 +52,21 @@ def test_greedy_generation_matches_transformers(tiny):
                                     min_new_tokens=32, pad_token_id=0)[0, len(ids):].tolist()
         assert out.outputs[0].token_ids == ref
         assert out.outputs[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("arch", ["smollm2", "qwen2"])
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_bf16_is_as_close_to_float32_as_transformers_bf16(arch, chunk, tmp_path):
+    """bf16 runs the CPU kernels at every step (AMX and vdpbf16ps linears, the one-pass decode
+    attention at head_dim 64, fused norms, rope and KV store): whole prompts, or token by token
+    (chunk=1, decode steps of 3 sequences). Their logits must be about as close to the float32
+    reference as transformers' own bf16 model is."""
+    hf_model = save_tiny_model(arch, tmp_path, head_dim=64)
+    loaded = load_model(str(tmp_path), torch.bfloat16, 512)
+    reference = [_hf_logits(hf_model, ids) for ids in PROMPTS]
+    hf_bf16 = [_hf_logits(hf_model.to(torch.bfloat16), ids) for ids in PROMPTS]
+    ours = paged_logits(loaded, PROMPTS, chunk=chunk)
+    for ref, theirs, mine in zip(reference, hf_bf16, ours, strict=True):
+        assert mine.dtype == torch.float32 and mine.shape == ref.shape
+        their_error = float((theirs - ref).abs().max())
+        assert float((mine - ref).abs().max()) <= 2 * their_error + 1e-3
