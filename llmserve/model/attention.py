@@ -12,14 +12,13 @@ will later replace.
 
 from __future__ import annotations
 
-import math
-import mmap
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
 from llmserve.model.kernels import paged_decode_attention
+from llmserve.model.memory import mapped_tensor
 
 
 @dataclass
@@ -67,11 +66,7 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | st
     # start-up: page faults are dear on this VM (~8 us per 4 KiB page, 4 s for 2 GiB), and
     # torch.zeros would take them all before the first request. Plain pages, not huge pages: a
     # step writes one token per sequence per head, and each fresh 2 MiB page would be zeroed whole.
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    region = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(region, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
-        region.madvise(mmap.MADV_NOHUGEPAGE)
-    return torch.frombuffer(region, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
+    return mapped_tensor(shape, dtype, huge_pages=False)
 
 
 def kv_bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,

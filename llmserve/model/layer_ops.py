@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from llmserve.model.attention import LayerKVCache, store_kv
 from llmserve.model.kernels import LayerOpKernels, amx_linear_kernels, layer_op_kernels, skinny_linear_bf16
+from llmserve.model.memory import mapped_tensor
 
 
 def _kernels(*tensors: torch.Tensor) -> LayerOpKernels | None:
@@ -114,7 +115,7 @@ def pack_for_amx(weight: torch.Tensor, cached: PackedWeight | None) -> PackedWei
     kernels = amx_linear_kernels()
     if kernels is None:
         return None
-    packed = torch.empty(weight.numel(), dtype=torch.bfloat16)
+    packed = mapped_tensor((weight.numel(),), torch.bfloat16, huge_pages=True)  # read whole every step
     kernels.pack(weight.data_ptr(), packed.data_ptr(), out_features, in_features)
     return PackedWeight(weight.data_ptr(), weight._version, packed)
 
