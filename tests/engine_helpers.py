@@ -32,7 +32,7 @@ def paged_logits(loaded, prompts: list[list[int]], chunk: int | None = None, blo
             scheduled.sort(key=lambda item: item[1] != 1)
             inputs = build_inputs(scheduled, block_size, torch.device("cpu"))
             hidden = loaded.model(inputs.input_ids, inputs.positions, caches, inputs.attention)
-            all_logits = loaded.model.compute_logits(hidden)
+            all_logits = loaded.model.compute_logits(hidden).float()
             row = 0
             for r, n in scheduled:
                 logits[int(r.request_id)].append(all_logits[row:row + n])

@@ -46,7 +46,7 @@ def score_text(model: nn.Module, config: ModelConfig, dtype: torch.dtype, device
         request.block_ids = list(range(-(-len(ids) // BLOCK_SIZE)))
         inputs = build_inputs([(request, len(ids))], BLOCK_SIZE, device)
         hidden = model(inputs.input_ids, inputs.positions, caches, inputs.attention)
-        logprobs = torch.log_softmax(model.compute_logits(hidden[:-1]), dim=-1)
+        logprobs = torch.log_softmax(model.compute_logits(hidden[:-1]).float(), dim=-1)
         targets = torch.tensor(ids[1:], device=device)
         nll -= float(logprobs.gather(1, targets.unsqueeze(1)).sum())
         count += len(ids) - 1

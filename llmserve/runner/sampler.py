@@ -50,12 +50,15 @@ class Sampler:
         generators: Sequence[torch.Generator | None],
         blocked_token_ids: Sequence[Sequence[int]] | None = None,
     ) -> SamplerOutput:
-        """Pick one token per row of `logits` ([B, V], float32; modified in place).
+        """Pick one token per row of `logits` ([B, V]; float32 ones are modified in place).
 
         `blocked_token_ids[i]` are ids row i may not pick this step (the engine
-        passes EOS/stop ids while min_tokens is not reached).
+        passes EOS/stop ids while min_tokens is not reached). Logits in another
+        dtype are widened to float32 unless every row is a plain greedy pick.
         """
         assert logits.dim() == 2 and logits.shape[0] == len(params)
+        if logits.dtype != torch.float32 and not _argmax_only(params, blocked_token_ids):
+            logits = logits.float()
         _apply_penalties(logits, params, prompt_token_ids, output_token_ids)
         if blocked_token_ids is not None:
             _apply_blocked(logits, blocked_token_ids)
@@ -119,6 +122,12 @@ class Sampler:
             gen = torch.Generator(device=device).manual_seed(self._seed)
             self._generators[device] = gen
         return gen
+
+
+def _argmax_only(params: Sequence[SamplingParams], blocked_token_ids: Sequence[Sequence[int]] | None) -> bool:
+    """Whether every row just takes its largest logit: greedy, no penalties, logprobs or blocked ids."""
+    return (all(p.is_greedy and not p.has_penalties and p.logprobs is None for p in params)
+            and (blocked_token_ids is None or not any(blocked_token_ids)))
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:

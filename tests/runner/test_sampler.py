@@ -239,3 +239,19 @@ def test_top_k_and_top_p_combined_per_row() -> None:
             seen[row].add(tok)
     # top_p renormalises within the top-k: 0.5/0.95 < 0.6, so two tokens stay.
     assert seen == [{0, 1}, {0, 1, 2, 3}, {0, 1}]
+
+
+def test_bf16_logits_pick_as_their_float32_widening_does() -> None:
+    """bf16 logits stay bf16 for a batch of plain greedy rows and are widened otherwise: either
+    way every row gets what the float32 copy of the same logits gives."""
+    logits = _random_logits(4, seed=7, vocab=64).to(torch.bfloat16)
+    greedy = [SamplingParams(temperature=0.0)] * 4
+    assert _run(Sampler(0), logits, greedy).token_ids == logits.float().argmax(-1).tolist()
+    mixed = [SamplingParams(temperature=0.0, logprobs=2), SamplingParams(temperature=0.0, repetition_penalty=1.5),
+             SamplingParams(temperature=0.8), SamplingParams(temperature=0.0)]
+    prompts = [[3, 5], [3, 5], [3, 5], [3, 5]]
+    as_bf16 = _run(Sampler(0), logits, mixed, prompts=prompts, blocked=[[], [], [], [int(logits[3].argmax())]])
+    as_f32 = _run(Sampler(0), logits.float(), mixed, prompts=prompts, blocked=[[], [], [], [int(logits[3].argmax())]])
+    assert as_bf16.token_ids == as_f32.token_ids
+    assert as_bf16.logprobs == as_f32.logprobs
+    assert as_bf16.token_ids[3] != int(logits[3].argmax())  # blocked: widened, then masked
