@@ -19,16 +19,7 @@
 #define NAME(fn) CONCAT(fn, ELEM_SUFFIX)
 #define PARALLEL_MIN (1 << 18) /* elements; below this the threads cost more than they save */
 
-static inline float bf16_to_f32(uint16_t x) {
-    union { uint32_t u; float f; } v = {.u = (uint32_t)x << 16};
-    return v.f;
-}
-
-/* Round to nearest even, as torch's float -> bfloat16 conversion does (inputs are finite). */
-static inline uint16_t f32_to_bf16(float f) {
-    union { float f; uint32_t u; } v = {.f = f};
-    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
-}
+#include "bf16.h"
 
 #define ELEM_T float
 #define ELEM_SUFFIX f32

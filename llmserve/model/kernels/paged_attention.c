@@ -37,11 +37,7 @@
 #define PREFETCH_BLOCKS 2
 #endif
 
-/* bfloat16 is the top half of a float32: widening is a shift, exact. */
-static inline float bf16_to_f32(uint16_t x) {
-    union { uint32_t u; float f; } v = {.u = (uint32_t)x << 16};
-    return v.f;
-}
+#include "bf16.h"
 
 /* Each of `rows` rows of `len` scores becomes its softmax, in place. */
 static void softmax_rows(float *scores, int64_t rows, int64_t len) {
@@ -67,27 +63,6 @@ static void softmax_rows(float *scores, int64_t rows, int64_t len) {
         for (int64_t t = 0; t < len; t++) s[t] *= inv;
     }
 }
-
-#ifdef __AVX512F__
-/* Lane t of the result is the sum of the 16 lanes of v[t]: a transposing reduction tree of 45
-   instructions for 16 dot products, where 16 separate horizontal sums take about 130. */
-static inline __m512 hsum16(const __m512 *v) {
-    __m512 pairs[8], quads[4], halves[2];
-    for (int i = 0; i < 8; i++) /* per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3] */
-        pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
-                                 _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < 4; i++) { /* per 128-bit lane: the lane sums of 4 consecutive v */
-        const __m512d a = _mm512_castps_pd(pairs[2 * i]), b = _mm512_castps_pd(pairs[2 * i + 1]);
-        quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                                 _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-    }
-    for (int i = 0; i < 2; i++) /* lanes 0-1 and 2-3 each halve their sums */
-        halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0x88),
-                                  _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], 0x88),
-                         _mm512_shuffle_f32x4(halves[0], halves[1], 0xDD));
-}
-#endif
 
 #define KV_T float
 #define KV_SUFFIX f32

@@ -10,40 +10,13 @@
  */
 #include <stdint.h>
 
+#include "bf16.h"
+
 #ifdef __AVX512BF16__ /* otherwise the library is empty and callers use torch */
 #include <immintrin.h>
 
 #define TILE_N 4
 #define TILE_M 4
-
-static inline float bf16_to_f32(uint16_t x) {
-    union { uint32_t u; float f; } v = {.u = (uint32_t)x << 16};
-    return v.f;
-}
-
-/* Round to nearest even, as torch's float -> bfloat16 conversion does (inputs are finite). */
-static inline uint16_t f32_to_bf16(float f) {
-    union { float f; uint32_t u; } v = {.f = f};
-    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
-}
-
-/* Lane t of the result is the sum of the 16 lanes of v[t] (see paged_attention.c). */
-static inline __m512 hsum16(const __m512 *v) {
-    __m512 pairs[8], quads[4], halves[2];
-    for (int i = 0; i < 8; i++)
-        pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
-                                 _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < 4; i++) {
-        const __m512d a = _mm512_castps_pd(pairs[2 * i]), b = _mm512_castps_pd(pairs[2 * i + 1]);
-        quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                                 _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-    }
-    for (int i = 0; i < 2; i++)
-        halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0x88),
-                                  _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], 0x88),
-                         _mm512_shuffle_f32x4(halves[0], halves[1], 0xDD));
-}
 
 /* Output rows n0 .. n0+3 for input rows m0 .. m0+rows-1 (rows <= TILE_M). */
 static inline __attribute__((always_inline)) void tile(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
