@@ -1,5 +1,7 @@
-"""The elementwise steps of a decoder layer: one C pass each on CPU (kernels/layer_ops.c), torch
-ops elsewhere or when kernels are off. Both paths round alike (see layer_ops.c)."""
+"""A decoder layer's steps with CPU kernels: RMSNorm with the residual add, silu * mul, rope with
+the KV store (one C pass each, kernels/layer_ops.c), and bf16 linears for decode-sized batches
+(kernels/skinny_linear.c, kernels/amx_linear.c). Torch runs them elsewhere, or when kernels are
+off; both paths round alike (see layer_ops.c)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from llmserve.model.memory import mapped_tensor
 
 
 def _kernels(*tensors: torch.Tensor) -> LayerOpKernels | None:
-    """The kernels for these tensors: on the CPU, one dtype the kernels know, rows contiguous."""
+    """layer_ops.c's kernels for these tensors: all on the CPU in one dtype the kernels know."""
     first = tensors[0]
     if first.device.type != "cpu" or any(t.dtype != first.dtype for t in tensors):
         return None

@@ -12,6 +12,11 @@
  *   block_tables:  [num_seqs, max_blocks] int64
  *   context_lens:  [num_seqs] int64                        keys 0 .. len-1 are attended
  *
+ * Three paths, the first the machine and shape allow: over a bf16 cache with AVX512-BF16 and a
+ * head dim of 64 or 128, one pass with online softmax (decode_bf16.h); with AVX-512 and a head
+ * dim that is a multiple of 16, two passes taking 16 keys at a time; otherwise plain loops the
+ * compiler vectorizes.
+ *
  * The per-element code is written once below the #else and compiled twice, by including this
  * file into itself, for each cache element type: C has no templates, and a function pointer
  * for the load would stop the compiler from vectorizing the inner loops.
