@@ -122,16 +122,19 @@ def pack_for_amx(weight: torch.Tensor, cached: PackedWeight | None) -> PackedWei
     return PackedWeight(weight.data_ptr(), weight._version, packed)
 
 
+def _rows(x: torch.Tensor) -> int:
+    return x.numel() // x.shape[-1] if x.dim() else 0
+
+
 def wants_packed(x: torch.Tensor) -> bool:
     """Whether `linear` would use a packed weight for this activation (so it is worth packing)."""
-    rows = x.numel() // x.shape[-1] if x.dim() else 0
-    return SKINNY_MAX_ROWS < rows <= AMX_MAX_ROWS and x.dtype == torch.bfloat16 and x.device.type == "cpu"
+    return SKINNY_MAX_ROWS < _rows(x) <= AMX_MAX_ROWS and x.dtype == torch.bfloat16 and x.device.type == "cpu"
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            packed: PackedWeight | None = None) -> torch.Tensor:
     """F.linear, through a C kernel for bf16 decode-sized batches on CPU (see SKINNY_MAX_ROWS)."""
-    rows = x.numel() // x.shape[-1] if x.dim() else 0
+    rows = _rows(x)
     out_features, in_features = weight.shape
     fits = (x.dtype == torch.bfloat16 and x.device.type == "cpu" and weight.dtype == torch.bfloat16
             and x.is_contiguous() and (bias is None or bias.dtype == torch.bfloat16 and bias.is_contiguous()))
@@ -143,7 +146,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             kernel(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
                    rows, out_features, in_features, torch.get_num_threads())
             return out
-    if fits and packed is not None and wants_packed(x):
+    if fits and packed is not None and SKINNY_MAX_ROWS < rows <= AMX_MAX_ROWS:
         kernels = amx_linear_kernels()
         assert kernels is not None  # packed weights exist only where it does
         out = x.new_empty(*x.shape[:-1], out_features)

@@ -17,28 +17,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#define CONCAT_(a, b) a##_##b
-#define CONCAT(a, b) CONCAT_(a, b)
-#define NAME(fn) CONCAT(fn, ELEM_SUFFIX)
 #define PARALLEL_MIN (1 << 16) /* elements; below this the threads cost more than they save */
 
-#include "bf16.h"
-
-#define ELEM_T float
-#define ELEM_SUFFIX f32
-#define LOAD(x) (x)
-#define STORE(x) (x)
-#include "layer_ops.c"
-#undef ELEM_T
-#undef ELEM_SUFFIX
-#undef LOAD
-#undef STORE
-
-#define ELEM_T uint16_t
-#define ELEM_SUFFIX bf16
-#define LOAD(x) bf16_to_f32(x)
-#define STORE(x) f32_to_bf16(x)
-#include "layer_ops.c"
+#define ELEM_SELF "layer_ops.c"
+#include "elem_types.h"
 
 #else /* the per-element code, once per ELEM_T */
 
