@@ -44,8 +44,7 @@ class LLM:
 
     def reset_prefix_cache(self) -> None:
         """Forget all cached prefixes, e.g. between benchmark runs of one workload."""
-        if self.engine.block_manager.prefix_cache is not None:
-            self.engine.block_manager.prefix_cache.clear()
+        self.engine.block_manager.reset_prefix_cache()
 
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,

@@ -71,6 +71,19 @@ class BlockManager:
         request.num_committed_blocks = 0
 
     # --- prefix caching ------------------------------------------------------------------
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix. The free blocks that held one are unnamed now, so they move
+        to the front like any unnamed block, most recently freed first: reusing them before
+        never-touched blocks keeps the pool's memory warm (on CPU a never-touched block costs
+        page faults on first write)."""
+        cache = self.prefix_cache
+        if cache is None:
+            return
+        named_free = [block for block in self._free if cache.holds(block)]
+        cache.clear()
+        for block in named_free:
+            self._free.move_to_end(block, last=False)
+
     def cached_prefix(self, request: Request) -> list[int]:
         """Blocks that already hold a prefix of a request's tokens, to be taken at admission.
 

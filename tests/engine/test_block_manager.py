@@ -98,6 +98,20 @@ def test_unnamed_blocks_are_reused_before_cached_ones_and_cached_ones_least_rece
     assert manager.cached_prefix(_request([2] * 8 + [0])) == []
 
 
+def test_after_a_reset_the_blocks_that_were_named_are_reused_before_never_touched_ones():
+    manager = _manager(num_blocks=16)
+    first = _request(list(range(8)) + [0], "first")  # 2 named blocks + 1 partial
+    _run(manager, first)
+    used = list(first.block_ids)
+    manager.free(first)
+    manager.reset_prefix_cache()
+    assert manager.cached_prefix(_request(list(range(8)) + [0])) == []
+    again = _request([5] * 12, "again")
+    manager.allocate(again, 12)
+    assert sorted(again.block_ids) == sorted(used)  # not blocks 3, 4, 5, which were never written
+    assert manager.prefix_cache.stats.evictions == 0  # the reset dropped the names, nothing to evict
+
+
 def test_taking_a_cached_block_makes_it_lru_again():
     manager = _manager(num_blocks=4)
     a, b = _request([1] * 4 + [0], "a"), _request([2] * 4 + [0], "b")

@@ -14,6 +14,9 @@
 #if defined(__AVX512BF16__)
 
 #define MAX_PAIRS (MAX_VEC_HEAD_DIM / 32)
+#ifndef SPAN_RUNS
+#define SPAN_RUNS 4
+#endif
 #define MIN_EXPONENT (-60.0f) /* probabilities below e^-60 are 0, as in softmax_rows */
 
 __m512 _ZGVeN16v_expf(__m512); /* libmvec's 16-lane expf */
@@ -40,43 +43,66 @@ static inline __attribute__((always_inline)) void attend_one_bf16_online(
         prefetch_block_bf16(key, table, b * block_size, len, block_size, head_dim);
         prefetch_block_bf16(value, table, b * block_size, len, block_size, head_dim);
     }
-    for (int64_t start = 0, n; start < len; start += n) {
-        const int64_t in_block = start % block_size;
-        n = MIN3(16, len - start, block_size - in_block);
-        if (in_block == 0) {
-            prefetch_block_bf16(key, table, start + PREFETCH_BLOCKS * block_size, len, block_size, head_dim);
-            prefetch_block_bf16(value, table, start + PREFETCH_BLOCKS * block_size, len, block_size, head_dim);
+    /* SPAN_RUNS runs of up to 16 keys (a run never crosses a block) share one softmax update: the
+       chain of reductions, expf and rescaling that each update waits on is paid once per span, and
+       the runs' independent dot products and reductions overlap. */
+    for (int64_t start = 0; start < len;) {
+        const uint16_t *kr[SPAN_RUNS], *vr[SPAN_RUNS];
+        int64_t nr[SPAN_RUNS];
+        for (int r = 0; r < SPAN_RUNS; r++) {
+            const int64_t in_block = start % block_size;
+            const int64_t n = start < len ? MIN3(16, len - start, block_size - in_block) : 0;
+            if (n > 0 && in_block == 0) {
+                prefetch_block_bf16(key, table, start + PREFETCH_BLOCKS * block_size, len, block_size, head_dim);
+                prefetch_block_bf16(value, table, start + PREFETCH_BLOCKS * block_size, len, block_size, head_dim);
+            }
+            const int64_t slot = n > 0 ? table[start / block_size] * block_size + in_block : 0;
+            kr[r] = key + slot * head_dim;
+            vr[r] = value + slot * head_dim;
+            nr[r] = n;
+            start += n;
         }
-        const int64_t slot = table[start / block_size] * block_size + in_block;
-        const uint16_t *k = key + slot * head_dim, *v = value + slot * head_dim;
-        const __mmask16 live = (__mmask16)((1u << n) - 1);
-        uint32_t prob_pairs[MAX_VEC_GROUP][8]; /* word j: the bf16 probabilities of keys 2j and 2j + 1 */
+        uint32_t prob_pairs[MAX_VEC_GROUP][SPAN_RUNS][8]; /* word j: the bf16 probabilities of keys 2j, 2j + 1 */
         for (int64_t g = 0; g < group; g++) {
-            __m512 dots[16];
-            dots_bf16_bf16(qb[g], k, n, head_dim, dots, pairs);
-            const __m512 s = _mm512_mask_blend_ps(live, _mm512_set1_ps(-1e30f), _mm512_mul_ps(hsum16(dots), scale_v));
-            const float new_max = fmaxf(run_max[g], _mm512_reduce_max_ps(s));
+            __m512 s[SPAN_RUNS];
+            __m512 span_max = _mm512_set1_ps(-1e30f);
+            for (int r = 0; r < SPAN_RUNS; r++) {
+                __m512 dots[16];
+                dots_bf16_bf16(qb[g], kr[r], nr[r], head_dim, dots, pairs);
+                const __mmask16 live = (__mmask16)((1u << nr[r]) - 1);
+                s[r] = _mm512_mask_blend_ps(live, _mm512_set1_ps(-1e30f), _mm512_mul_ps(hsum16(dots), scale_v));
+                span_max = _mm512_max_ps(span_max, s[r]);
+            }
+            const float new_max = fmaxf(run_max[g], _mm512_reduce_max_ps(span_max));
             const float rescale = expf(run_max[g] - new_max);
-            const __m512 x = _mm512_sub_ps(s, _mm512_set1_ps(new_max));
-            const __mmask16 kept = _mm512_mask_cmp_ps_mask(live, x, floor_v, _CMP_GE_OQ);
-            const __m512 p = _mm512_maskz_mov_ps(kept, _ZGVeN16v_expf(_mm512_max_ps(x, floor_v)));
-            run_sum[g] = run_sum[g] * rescale + _mm512_reduce_add_ps(p);
+            const __m512 new_max_v = _mm512_set1_ps(new_max);
+            __m512 sum = _mm512_setzero_ps();
+            for (int r = 0; r < SPAN_RUNS; r++) {
+                const __mmask16 live = (__mmask16)((1u << nr[r]) - 1);
+                const __m512 x = _mm512_sub_ps(s[r], new_max_v);
+                const __mmask16 kept = _mm512_mask_cmp_ps_mask(live, x, floor_v, _CMP_GE_OQ);
+                const __m512 p = _mm512_maskz_mov_ps(kept, _ZGVeN16v_expf(_mm512_max_ps(x, floor_v)));
+                sum = _mm512_add_ps(sum, p);
+                _mm256_storeu_si256((__m256i *)prob_pairs[g][r], (__m256i)_mm512_cvtneps_pbh(p));
+            }
+            run_sum[g] = run_sum[g] * rescale + _mm512_reduce_add_ps(sum);
             run_max[g] = new_max;
             if (rescale != 1.0f)
                 for (int64_t c = 0; c < 2 * pairs; c++) acc[g][c] = _mm512_mul_ps(acc[g][c], _mm512_set1_ps(rescale));
-            _mm256_storeu_si256((__m256i *)prob_pairs[g], (__m256i)_mm512_cvtneps_pbh(p));
         }
-        for (int64_t j = 0; 2 * j < n; j++) {
-            /* An odd last key pairs with itself, its partner's probability being 0. */
-            const uint16_t *v0 = v + 2 * j * head_dim, *v1 = 2 * j + 1 < n ? v0 + head_dim : v0;
-            for (int64_t c = 0; c < pairs; c++) {
-                const __m512i a = _mm512_loadu_si512((const void *)(v0 + 32 * c));
-                const __m512i b = _mm512_loadu_si512((const void *)(v1 + 32 * c));
-                const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(a, b), hi = (__m512bh)_mm512_unpackhi_epi16(a, b);
-                for (int64_t g = 0; g < group; g++) {
-                    const __m512bh w = (__m512bh)_mm512_set1_epi32((int)prob_pairs[g][j]);
-                    acc[g][2 * c] = _mm512_dpbf16_ps(acc[g][2 * c], w, lo);
-                    acc[g][2 * c + 1] = _mm512_dpbf16_ps(acc[g][2 * c + 1], w, hi);
+        for (int r = 0; r < SPAN_RUNS; r++) {
+            for (int64_t j = 0; 2 * j < nr[r]; j++) {
+                /* An odd last key pairs with itself, its partner's probability being 0. */
+                const uint16_t *v0 = vr[r] + 2 * j * head_dim, *v1 = 2 * j + 1 < nr[r] ? v0 + head_dim : v0;
+                for (int64_t c = 0; c < pairs; c++) {
+                    const __m512i a = _mm512_loadu_si512((const void *)(v0 + 32 * c));
+                    const __m512i b = _mm512_loadu_si512((const void *)(v1 + 32 * c));
+                    const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(a, b), hi = (__m512bh)_mm512_unpackhi_epi16(a, b);
+                    for (int64_t g = 0; g < group; g++) {
+                        const __m512bh w = (__m512bh)_mm512_set1_epi32((int)prob_pairs[g][r][j]);
+                        acc[g][2 * c] = _mm512_dpbf16_ps(acc[g][2 * c], w, lo);
+                        acc[g][2 * c + 1] = _mm512_dpbf16_ps(acc[g][2 * c + 1], w, hi);
+                    }
                 }
             }
         }
