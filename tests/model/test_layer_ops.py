@@ -42,12 +42,14 @@ def _assert_rounding_close(actual: torch.Tensor, expected: torch.Tensor) -> None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rms_norm_with_and_without_residual(dtype, torch_only):
+@pytest.mark.parametrize("cols", [576, 100])
+def test_rms_norm_with_and_without_residual(cols, dtype, torch_only):
+    """A hidden size that is a multiple of the 16 lanes and one that is not."""
     _need_kernels(dtype)
     gen = torch.Generator().manual_seed(0)
-    x = (torch.randn(37, 576, generator=gen) * 3).to(dtype)
-    residual = torch.randn(37, 576, generator=gen).to(dtype)
-    weight = (1 + 0.1 * torch.randn(576, generator=gen)).to(dtype)
+    x = (torch.randn(37, cols, generator=gen) * 3).to(dtype)
+    residual = torch.randn(37, cols, generator=gen).to(dtype)
+    weight = (1 + 0.1 * torch.randn(cols, generator=gen)).to(dtype)
     before = residual.clone()
     expected, expected_sum = torch_only(layer_ops.rms_norm, x, weight, 1e-5, before)
     out, total = layer_ops.rms_norm(x, weight, 1e-5, residual)
@@ -80,12 +82,14 @@ def test_rms_norm_falls_back_for_strided_input(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_silu_and_mul(dtype, torch_only):
+@pytest.mark.parametrize(("rows", "cols"), [(23, 1536), (3, 37), (64, 1536)])
+def test_silu_and_mul(rows, cols, dtype, torch_only):
+    """Widths that are and are not a multiple of the 16 lanes; enough rows to split among threads."""
     _need_kernels(dtype)
-    gate_up = (torch.randn(23, 2 * 1536) * 4).to(dtype)
+    gate_up = (torch.randn(rows, 2 * cols) * 4).to(dtype)
     expected = torch_only(layer_ops.silu_and_mul, gate_up)
     _assert_rounding_close(layer_ops.silu_and_mul(gate_up), expected)
-    assert layer_ops.silu_and_mul(gate_up).shape == (23, 1536)
+    assert layer_ops.silu_and_mul(gate_up).shape == (rows, cols)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
