@@ -20,6 +20,8 @@ from torch.nn import functional as F
 from llmserve.model.kernels import paged_decode_attention
 from llmserve.model.memory import mapped_tensor
 
+_SDPA_ROWS = 16  # a prompt's query rows are padded to a multiple of this on CPU (see _group_attention)
+
 
 @dataclass
 class AttentionGroup:
@@ -127,9 +129,15 @@ def _group_attention(q: torch.Tensor, cache: LayerKVCache, group: AttentionGroup
     keys = _gather_blocks(cache.key, group.block_tables, cache.block_size)
     values = _gather_blocks(cache.value, group.block_tables, cache.block_size)
     if group.mask is None:  # drop the last block's unused slots: then causal attention needs no mask
-        keys, values = keys[:, :, :qlen], values[:, :, :qlen]
+        padded = -(-qlen // _SDPA_ROWS) * _SDPA_ROWS
+        if padded <= keys.shape[2] and q.device.type == "cpu":
+            # torch's CPU flash attention runs a third faster on whole tiles of 16 rows. Keys past
+            # the prompt are never attended (causal), and the padding queries' rows are dropped.
+            q_batch = F.pad(q_batch, (0, 0, 0, padded - qlen))
+        keys, values = keys[:, :, :q_batch.shape[2]], values[:, :, :q_batch.shape[2]]
     out = F.scaled_dot_product_attention(q_batch, keys, values, attn_mask=group.mask, scale=scale,
                                          is_causal=group.mask is None, enable_gqa=num_heads != keys.shape[1])
+    out = out[:, :, :qlen]
     out = out.transpose(1, 2).reshape(g * qlen, num_heads, head_dim)
     if group.real_rows is not None:
         out = out.index_select(0, group.real_rows)
