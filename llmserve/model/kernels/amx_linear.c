@@ -25,7 +25,6 @@
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 #define SLAB 16 /* rows of x per A tile */
-#define SLABS 4 /* A tiles (and C tiles) per pass */
 
 /* Linux hands AMX state to a process only on request; 0 when granted (torch may have asked already). */
 int amx_enable(void) { return (int)syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); }
@@ -38,7 +37,7 @@ struct tile_config {
     uint8_t rows[16];
 };
 
-/* Tiles 0-3: C (16 x 16 float32 each), 4 and 7: B (weights), 5 and 6: A (16 rows x 32 bf16 of x). */
+/* Tiles 0-3: C (16 x 16 float32 each); 4-7: A and B, as each multiply function assigns them. */
 static void configure_tiles(void) {
     struct tile_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -61,87 +60,129 @@ void pack_weights(const uint16_t *w, uint16_t *packed, int64_t n, int64_t k) {
                     out[((nt * (k / 32) + kt) * 16 + r) * 16 + c] = pairs[(nt * 16 + c) * (k / 2) + kt * 16 + r];
 }
 
-/* C tiles 0 .. slabs-1 += x[m0 .. m0 + 16 * slabs) times the weight tile nt, over all of k.
-   Two B tiles (4, 7) and two A tiles (5, 6) alternate, so that loading the next tile need not
-   wait for the multiplication still reading the previous one. No software prefetch: the weights
-   of a thread's slice are contiguous, the hardware prefetcher streams them, and prefetching
-   ahead as well (to L1 or L2, 4 to 64 tiles ahead) made 120 linears 5-20% slower. */
-static inline void multiply_slabs(const uint16_t *x, const uint16_t *packed, int64_t nt, int64_t m0, int slabs,
-                                  int64_t k) {
-    const int64_t stride = k * (int64_t)sizeof(uint16_t);
+
+/* C tiles 0 .. nb-1 = the slab at `a` (16 rows of x, `k` apart) times weight tiles nt0 .. nt0+nb-1,
+   nb <= 4. A alternates between tiles 4 and 7 from one k step to the next, B between 5 and 6
+   from one weight tile to the next, so a load need not wait for the product reading the tile
+   it replaces. The nb weight tiles are nb separate streams from memory, which the hardware
+   prefetchers fetch side by side. */
+static inline void multiply_one_slab(const uint16_t *a, const uint16_t *packed, int64_t nt0, int nb, int64_t k) {
+    const int64_t stride = k * (int64_t)sizeof(uint16_t), steps = k / 32;
+    const uint16_t *w = packed + nt0 * steps * 512;
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-#define MULTIPLY(B, KT)                                                  \
-    do {                                                                 \
-        _tile_loadd(B, packed + (nt * (k / 32) + (KT)) * 512, 64);       \
-        const uint16_t *a = x + m0 * k + (KT) * 32;                      \
-        _tile_loadd(5, a, stride);                                       \
-        _tile_dpbf16ps(0, 5, B);                                         \
-        if (slabs > 1) {                                                 \
-            _tile_loadd(6, a + SLAB * k, stride);                        \
-            _tile_dpbf16ps(1, 6, B);                                     \
-        }                                                                \
-        if (slabs > 2) {                                                 \
-            _tile_loadd(5, a + 2 * SLAB * k, stride);                    \
-            _tile_dpbf16ps(2, 5, B);                                     \
-        }                                                                \
-        if (slabs > 3) {                                                 \
-            _tile_loadd(6, a + 3 * SLAB * k, stride);                    \
-            _tile_dpbf16ps(3, 6, B);                                     \
-        }                                                                \
+#define ONE_SLAB_STEP(A, KT)                                                       \
+    do {                                                                           \
+        _tile_loadd(A, a + (KT) * 32, stride);                                     \
+        _tile_loadd(5, w + (KT) * 512, 64);                                        \
+        _tile_dpbf16ps(0, A, 5);                                                   \
+        if (nb > 1) {                                                              \
+            _tile_loadd(6, w + (steps + (KT)) * 512, 64);                          \
+            _tile_dpbf16ps(1, A, 6);                                               \
+        }                                                                          \
+        if (nb > 2) {                                                              \
+            _tile_loadd(5, w + (2 * steps + (KT)) * 512, 64);                      \
+            _tile_dpbf16ps(2, A, 5);                                               \
+        }                                                                          \
+        if (nb > 3) {                                                              \
+            _tile_loadd(6, w + (3 * steps + (KT)) * 512, 64);                      \
+            _tile_dpbf16ps(3, A, 6);                                               \
+        }                                                                          \
     } while (0)
     int64_t kt = 0;
-    for (; kt + 1 < k / 32; kt += 2) {
-        MULTIPLY(4, kt);
-        MULTIPLY(7, kt + 1);
+    for (; kt + 1 < steps; kt += 2) {
+        ONE_SLAB_STEP(4, kt);
+        ONE_SLAB_STEP(7, kt + 1);
     }
-    if (kt < k / 32) MULTIPLY(4, kt);
-#undef MULTIPLY
+    if (kt < steps) ONE_SLAB_STEP(4, kt);
+#undef ONE_SLAB_STEP
 }
 
-/* Returns 1 when it cannot allocate the zero-padded copy of x that tiles of 16 rows need. */
+/* C tiles 2j + s = slab s (at a0, a1) times weight tile nt0 + j, for j < nb <= 2: each A tile
+   (4, 5) feeds nb products and each B tile (6, 7) two. */
+static inline void multiply_two_slabs(const uint16_t *a0, const uint16_t *a1, const uint16_t *packed, int64_t nt0,
+                                      int nb, int64_t k) {
+    const int64_t stride = k * (int64_t)sizeof(uint16_t), steps = k / 32;
+    const uint16_t *w = packed + nt0 * steps * 512;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t kt = 0; kt < steps; kt++) {
+        _tile_loadd(4, a0 + kt * 32, stride);
+        _tile_loadd(5, a1 + kt * 32, stride);
+        _tile_loadd(6, w + kt * 512, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 5, 6);
+        if (nb > 1) {
+            _tile_loadd(7, w + (steps + kt) * 512, 64);
+            _tile_dpbf16ps(2, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+}
+
+/* y rows of slab s, columns of weight tile nt, from the float32 tile at `sums`. */
+static inline void store_rows(const float *sums, int64_t s, int64_t nt, int64_t m, int64_t n, const uint16_t *bias,
+                              uint16_t *y) {
+    const __m512 bias_v = bias == NULL ? _mm512_setzero_ps()
+                                       : _mm512_castsi512_ps(_mm512_slli_epi32(
+                                             _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bias + nt * 16))), 16));
+    for (int64_t r = 0; r < SLAB && s * SLAB + r < m; r++) {
+        /* vcvtneps2bf16 rounds to nearest even, as torch does. */
+        const __m256bh out = _mm512_cvtneps_pbh(_mm512_add_ps(_mm512_loadu_ps(sums + r * 16), bias_v));
+        _mm256_storeu_si256((__m256i *)(y + (s * SLAB + r) * n + nt * 16), (__m256i)out);
+    }
+}
+
+/* Returns 1 when it cannot allocate the zero-padded copy of x's last rows that a tile of 16 rows needs. */
 int amx_linear_bf16(const uint16_t *x, int64_t m, const uint16_t *packed, const uint16_t *bias, uint16_t *y,
                     int64_t n, int64_t k, int num_threads) {
-    const int64_t slabs_total = (m + SLAB - 1) / SLAB;
-    uint16_t *padded = NULL;
+    const int64_t slabs = (m + SLAB - 1) / SLAB, tiles = n / 16;
+    /* Only a last partial slab is copied (and zero-padded); the others are read where they lie. */
+    uint16_t *tail = NULL;
     if (m % SLAB) {
-        padded = malloc(sizeof(uint16_t) * slabs_total * SLAB * k);
-        if (padded == NULL) return 1;
-        memcpy(padded, x, sizeof(uint16_t) * m * k);
-        memset(padded + m * k, 0, sizeof(uint16_t) * (slabs_total * SLAB - m) * k);
-        x = padded;
+        tail = malloc(sizeof(uint16_t) * SLAB * k);
+        if (tail == NULL) return 1;
+        memcpy(tail, x + (slabs - 1) * SLAB * k, sizeof(uint16_t) * (m % SLAB) * k);
+        memset(tail + (m % SLAB) * k, 0, sizeof(uint16_t) * (SLAB - m % SLAB) * k);
     }
+    /* One slab: 4 weight tiles per task. More: 2 weight tiles per task, times each pair of slabs. */
+    const int64_t per_task = slabs == 1 ? 4 : 2;
 #pragma omp parallel num_threads(num_threads)
     {
         configure_tiles();
-        float sums[SLABS][SLAB * 16];
+        float sums[4][SLAB * 16];
 #pragma omp for schedule(static)
-        for (int64_t nt = 0; nt < n / 16; nt++) {
-            const __m512 bias_v = bias == NULL ? _mm512_setzero_ps()
-                                               : _mm512_castsi512_ps(_mm512_slli_epi32(
-                                                     _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bias + nt * 16))), 16));
-            for (int64_t s0 = 0; s0 < slabs_total; s0 += SLABS) {
-                const int slabs = slabs_total - s0 < SLABS ? (int)(slabs_total - s0) : SLABS;
-                multiply_slabs(x, packed, nt, s0 * SLAB, slabs, k);
-                _tile_stored(0, sums[0], 64);
-                if (slabs > 1) _tile_stored(1, sums[1], 64);
-                if (slabs > 2) _tile_stored(2, sums[2], 64);
-                if (slabs > 3) _tile_stored(3, sums[3], 64);
-                for (int s = 0; s < slabs; s++)
-                    for (int64_t r = 0; r < SLAB; r++) {
-                        const int64_t row = (s0 + s) * SLAB + r;
-                        if (row >= m) break;
-                        /* vcvtneps2bf16 rounds to nearest even, as torch does. */
-                        const __m256bh out = _mm512_cvtneps_pbh(_mm512_add_ps(_mm512_loadu_ps(sums[s] + r * 16), bias_v));
-                        _mm256_storeu_si256((__m256i *)(y + row * n + nt * 16), (__m256i)out);
+        for (int64_t task = 0; task < (tiles + per_task - 1) / per_task; task++) {
+            const int64_t nt0 = task * per_task;
+            const int nb = (int)(tiles - nt0 < per_task ? tiles - nt0 : per_task);
+            for (int64_t s = 0; s < slabs; s += 2) {
+                const uint16_t *a0 = s == slabs - 1 && tail != NULL ? tail : x + s * SLAB * k;
+                if (s + 1 < slabs) {
+                    const uint16_t *a1 = s + 1 == slabs - 1 && tail != NULL ? tail : x + (s + 1) * SLAB * k;
+                    multiply_two_slabs(a0, a1, packed, nt0, nb, k);
+                    for (int j = 0; j < nb; j++) {
+                        if (j == 0) { _tile_stored(0, sums[0], 64); _tile_stored(1, sums[1], 64); }
+                        else { _tile_stored(2, sums[2], 64); _tile_stored(3, sums[3], 64); }
+                        store_rows(sums[2 * j], s, nt0 + j, m, n, bias, y);
+                        store_rows(sums[2 * j + 1], s + 1, nt0 + j, m, n, bias, y);
                     }
+                } else {
+                    multiply_one_slab(a0, packed, nt0, nb, k);
+                    _tile_stored(0, sums[0], 64);
+                    if (nb > 1) _tile_stored(1, sums[1], 64);
+                    if (nb > 2) _tile_stored(2, sums[2], 64);
+                    if (nb > 3) _tile_stored(3, sums[3], 64);
+                    for (int j = 0; j < nb; j++) store_rows(sums[j], s, nt0 + j, m, n, bias, y);
+                }
             }
         }
         _tile_release();
     }
-    free(padded);
+    free(tail);
     return 0;
 }
 #endif
