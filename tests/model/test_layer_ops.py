@@ -116,11 +116,11 @@ def test_rotate_and_store(q_heads, kv_heads, dim, dtype, torch_only):
     assert float(ours.key[:, unused].abs().sum()) == 0.0
 
 
-@pytest.mark.parametrize("rows", [1, 2, 5, 16, 20, 37, 48, 64, 128, 129])
+@pytest.mark.parametrize("rows", [1, 2, 5, 16, 20, 37, 48, 64, 129, 256, 257])
 @pytest.mark.parametrize(("out_features", "in_features", "bias"), [(960, 576, True), (576, 1536, False),
                                                                     (80, 96, True), (36, 64, False), (30, 48, True)])
 def test_linear_matches_a_float32_product(rows, out_features, in_features, bias):
-    """bf16 rows through the skinny kernel (1-2 rows), the AMX kernel (3-128 rows, shapes it
+    """bf16 rows through the skinny kernel (1-2 rows), the AMX kernel (3-256 rows, shapes it
     takes) or torch (the rest): each the float32 product of the bf16 operands, rounded once.
     The AMX shapes cover weight tiles in groups of 4 and 2 with a remainder (80 outputs: 5
     tiles), an odd number of 32-wide input steps (96), and partial and paired 16-row slabs."""
