@@ -88,11 +88,12 @@ def _rows_of_heads(x: torch.Tensor) -> bool:
 
 
 # Which kernel multiplies a bf16 activation of `rows` rows on CPU (measured on this AMX machine,
-# the embedded model's 120 linears, ours against torch): up to 2 rows the vdpbf16ps kernel reads
-# the weights at 25-50 GB/s (batch-1 decode 24 -> 52 tok/s); up to 256 rows the AMX kernel reads
-# them once per call (48 rows: 11.9 ms, 256 rows: 35.6 against 50.3 ms); from about 384 rows
-# torch's oneDNN matmul is as fast or faster, and prefill chunks are that large.
-SKINNY_MAX_ROWS = 2
+# the embedded model's 120 linears, ours against torch): one row, the vdpbf16ps kernel reads the
+# weights at 20-25 GB/s (batch-1 decode 24 -> 52 tok/s; 10.6 ms against AMX's 11.6); 2-256 rows,
+# the AMX kernel reads them once per call (2 rows: 11.7 ms against the vdpbf16ps kernel's 14.0;
+# 48 rows: 11.9 ms; 256 rows: 35.6 against 50.3 ms); from about 384 rows torch's oneDNN matmul
+# is as fast or faster, and prefill chunks are that large.
+SKINNY_MAX_ROWS = 1
 AMX_MAX_ROWS = 256
 
 

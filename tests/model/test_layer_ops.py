@@ -120,7 +120,7 @@ def test_rotate_and_store(q_heads, kv_heads, dim, dtype, torch_only):
 @pytest.mark.parametrize(("out_features", "in_features", "bias"), [(960, 576, True), (576, 1536, False),
                                                                     (80, 96, True), (36, 64, False), (30, 48, True)])
 def test_linear_matches_a_float32_product(rows, out_features, in_features, bias):
-    """bf16 rows through the skinny kernel (1-2 rows), the AMX kernel (3-256 rows, shapes it
+    """bf16 rows through the skinny kernel (1 row), the AMX kernel (2-256 rows, shapes it
     takes) or torch (the rest): each the float32 product of the bf16 operands, rounded once.
     The AMX shapes cover weight tiles in groups of 4 and 2 with a remainder (80 outputs: 5
     tiles), an odd number of 32-wide input steps (96), and partial and paired 16-row slabs."""
@@ -134,7 +134,7 @@ def test_linear_matches_a_float32_product(rows, out_features, in_features, bias)
     torch.testing.assert_close(out.float(), expected, rtol=2 ** -7, atol=1e-3)
 
 
-def test_linear_takes_the_kernel_for_one_or_two_rows(monkeypatch):
+def test_linear_takes_the_skinny_kernel_for_one_row(monkeypatch):
     if layer_ops.skinny_linear_bf16() is None:
         pytest.skip("no C compiler or no AVX512-BF16")
     calls = []
@@ -144,7 +144,7 @@ def test_linear_takes_the_kernel_for_one_or_two_rows(monkeypatch):
     for rows in (1, 2, 3):
         layer_ops.linear(torch.randn(rows, 64).to(torch.bfloat16), weight)
     layer_ops.linear(torch.randn(1, 64), weight.float())  # float32: torch
-    assert calls == [1, 2]
+    assert calls == [1]
 
 
 def test_projection_packs_its_weight_once_and_again_when_it_changes():

@@ -1,9 +1,9 @@
-/* y = x @ w.T (+ bias) for one or two rows of bfloat16 x: decode at batch 1 and 2.
+/* y = x @ w.T (+ bias) for a few rows of bfloat16 x; layer_ops.py sends it one (decode at batch 1).
  *
  * There a linear layer is bound by reading its weights once, but torch's bf16 matmul reaches
  * only 10-20 GB/s of weights at 1-2 rows on this CPU. This walks the weights once, 4 output rows
  * at a time, each against up to 4 input rows with vdpbf16ps (32 products per instruction, float32
- * sums), and reaches 25-50 GB/s. With more rows AMX (torch's path) is faster.
+ * sums), and reaches 20-50 GB/s. From 2 rows the AMX kernel (amx_linear.c) is faster.
  *
  *   x: [m, k] bf16, w: [n, k] bf16, bias: [n] bf16 or NULL, y: [m, n] bf16
  *   k a multiple of 32, n a multiple of 4 (the caller checks, and uses torch otherwise)
