@@ -1,9 +1,9 @@
 """Offline throughput: llmserve's continuous batching vs. transformers' static-batch `generate`.
 
 Both run the same seeded workload of random token prompts with greedy decoding and a fixed
-output length per request (EOS ignored), at one precision for both (fp32 unless --dtype says
-otherwise), on all cores. Also measured: our batch-1 decode speed against the memory-bandwidth
-roofline, and peak RSS.
+output length per request (EOS ignored), at one precision for both (--dtype; by default the one
+our engine's `auto` picks: bf16 on CPUs with AMX-BF16, else fp32), on all cores. Also measured:
+our batch-1 decode speed against the memory-bandwidth roofline, and peak RSS.
 
     python benchmarks/offline_throughput.py [--num-requests 64] [--input-len 32:512] [--output-len 32:256]
 """
@@ -35,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
     peak_rss_mib,
 )
 from llmserve import LLM, SamplingParams  # noqa: E402
+from llmserve.model.loader import resolve_dtype  # noqa: E402
 from llmserve.quant.apply import weights_nbytes  # noqa: E402
 
 if TYPE_CHECKING:
@@ -234,8 +235,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tokens per engine step (default: the offline LLM's, 1024)")
     p.add_argument("--kv-cache-memory", default="2GiB")
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="for both engines: the comparison is always at one precision")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="for both engines: the comparison is always at one precision (auto: what our engine "
+                        "picks here, bf16 on CPUs with AMX-BF16, else fp32)")
     p.add_argument("--quantization", default=None,
                    help="our engine only: int8 | int4 | w8a8 (transformers stays at --dtype, so the ratio then "
                         "measures quantization too)")
@@ -243,7 +245,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quant-skip", default=None)
     p.add_argument("--skip-hf", action="store_true", help="run only our engine")
     p.add_argument("--json", type=Path, help="write all figures here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -257,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     vocab = llm.engine.model_config.vocab_size
     workload = make_workload(args.num_requests, args.input_len, args.output_len, vocab, args.seed)
     print(f"workload: {len(workload)} requests, {sum(len(r.prompt_token_ids) for r in workload)} prompt tokens, "
-          f"{sum(r.output_len for r in workload)} output tokens, seed {args.seed}; {threads} threads", flush=True)
+          f"{sum(r.output_len for r in workload)} output tokens, seed {args.seed}; {threads} threads; {args.dtype}",
+          flush=True)
     print(f"ours: model loaded in {load_s:.2f} s", flush=True)
     run_ours(llm, make_workload(2, (16, 16), (4, 4), vocab, args.seed + 2))  # warm-up
     ours_runs = [run_ours(llm, workload) for _ in range(args.repeats)]
