@@ -134,6 +134,35 @@ def test_linear_matches_a_float32_product(rows, out_features, in_features, bias)
     torch.testing.assert_close(out.float(), expected, rtol=2 ** -7, atol=1e-3)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 4, 37, 64, 65])
+@pytest.mark.parametrize(("out_features", "in_features", "bias"), [(960, 576, True), (576, 1536, False),
+                                                                    (36, 64, False), (30, 48, True)])
+def test_float32_linear_matches_torch(rows, out_features, in_features, bias):
+    """float32 rows through skinny_linear.c (up to 64 rows, shapes it takes: 4-row tiles with
+    1-3 rows left over) or torch: equal but for the order of the sums."""
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, in_features, generator=gen)
+    weight = torch.randn(out_features, in_features, generator=gen)
+    b = torch.randn(out_features, generator=gen) if bias else None
+    expected = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
+    out = layer_ops.linear(x, weight, b)
+    assert out.dtype == torch.float32 and out.shape == (rows, out_features)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_float32_linear_takes_the_kernel_up_to_64_rows(monkeypatch):
+    if layer_ops.skinny_linear_f32() is None:
+        pytest.skip("no C compiler or no AVX-512")
+    calls = []
+    real = layer_ops.skinny_linear_f32()
+    monkeypatch.setattr(layer_ops, "skinny_linear_f32", lambda: lambda *args: (calls.append(args[4]), real(*args)))
+    weight = torch.randn(64, 64)
+    for rows in (1, 64, 65):
+        layer_ops.linear(torch.randn(rows, 64), weight)
+    layer_ops.linear(torch.randn(2, 64).t().contiguous().t(), weight)  # strided x: torch
+    assert calls == [1, 64]
+
+
 def test_linear_takes_the_skinny_kernel_for_one_row(monkeypatch):
     if layer_ops.skinny_linear_bf16() is None:
         pytest.skip("no C compiler or no AVX512-BF16")

@@ -154,6 +154,20 @@ def skinny_linear_bf16() -> ctypes._CFuncPtr | None:
     return fn
 
 
+@functools.cache
+def skinny_linear_f32() -> ctypes._CFuncPtr | None:
+    """skinny_linear.c's float32 linear for a few rows, or None when kernels are unavailable or
+    disabled or the CPU lacks AVX-512."""
+    library = _library("skinny_linear.c")
+    if library is None or not hasattr(library, "skinny_linear_f32"):
+        return None
+    fn = library.skinny_linear_f32
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    fn.restype = None
+    return fn
+
+
 @dataclass(frozen=True)
 class AmxLinearKernels:
     """amx_linear.c: `pack(w, packed, n, k)` once per weight, then `linear(x, m, packed, bias, y, n, k, threads)`."""

@@ -20,7 +20,7 @@
 /* Keys and values PREFETCH_AHEAD positions on are requested a few cache lines at a time while a
    run's values are summed: a whole block's lines asked for at once (64 at a block boundary)
    stall the core until its fill buffers free up, and the compute then waits on memory instead
-   of overlapping it. Spread out, a decode step's attention took 25.6 against 29.1 ms. */
+   of overlapping it. Spread out, a decode step's attention took about 25 against 29 ms. */
 #define PREFETCH_AHEAD 64
 #define MIN_EXPONENT (-60.0f) /* probabilities below e^-60 are 0, as in softmax_rows */
 
