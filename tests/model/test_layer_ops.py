@@ -150,12 +150,18 @@ def test_float32_linear_matches_torch(rows, out_features, in_features, bias):
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)
 
 
+def _record_rows(monkeypatch, kernel_name: str) -> list[int]:
+    """The row counts each call of layer_ops' `kernel_name` kernel gets from now on."""
+    real = getattr(layer_ops, kernel_name)()
+    if real is None:
+        pytest.skip(f"no C compiler, or the CPU cannot run {kernel_name}")
+    calls: list[int] = []
+    monkeypatch.setattr(layer_ops, kernel_name, lambda: lambda *args: (calls.append(args[4]), real(*args)))
+    return calls
+
+
 def test_float32_linear_takes_the_kernel_up_to_64_rows(monkeypatch):
-    if layer_ops.skinny_linear_f32() is None:
-        pytest.skip("no C compiler or no AVX-512")
-    calls = []
-    real = layer_ops.skinny_linear_f32()
-    monkeypatch.setattr(layer_ops, "skinny_linear_f32", lambda: lambda *args: (calls.append(args[4]), real(*args)))
+    calls = _record_rows(monkeypatch, "skinny_linear_f32")
     weight = torch.randn(64, 64)
     for rows in (1, 64, 65):
         layer_ops.linear(torch.randn(rows, 64), weight)
@@ -164,15 +170,11 @@ def test_float32_linear_takes_the_kernel_up_to_64_rows(monkeypatch):
 
 
 def test_linear_takes_the_skinny_kernel_for_one_row(monkeypatch):
-    if layer_ops.skinny_linear_bf16() is None:
-        pytest.skip("no C compiler or no AVX512-BF16")
-    calls = []
-    real = layer_ops.skinny_linear_bf16()
-    monkeypatch.setattr(layer_ops, "skinny_linear_bf16", lambda: lambda *args: (calls.append(args[4]), real(*args)))
+    calls = _record_rows(monkeypatch, "skinny_linear_bf16")
     weight = torch.randn(64, 64).to(torch.bfloat16)
     for rows in (1, 2, 3):
         layer_ops.linear(torch.randn(rows, 64).to(torch.bfloat16), weight)
-    layer_ops.linear(torch.randn(1, 64), weight.float())  # float32: torch
+    layer_ops.linear(torch.randn(1, 64), weight.float())  # float32: not the bf16 kernel
     assert calls == [1]
 
 

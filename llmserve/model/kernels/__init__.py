@@ -140,28 +140,25 @@ def layer_op_kernels(dtype: str) -> LayerOpKernels | None:
     return LayerOpKernels(**functions)
 
 
-@functools.cache
 def skinny_linear_bf16() -> ctypes._CFuncPtr | None:
     """skinny_linear.c's bf16 linear for a few rows, or None when kernels are unavailable or
     disabled or the CPU lacks AVX512-BF16."""
-    library = _library("skinny_linear.c")
-    if library is None or not hasattr(library, "skinny_linear_bf16"):
-        return None
-    fn = library.skinny_linear_bf16
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
-    fn.restype = None
-    return fn
+    return _skinny_linear("skinny_linear_bf16")
 
 
-@functools.cache
 def skinny_linear_f32() -> ctypes._CFuncPtr | None:
     """skinny_linear.c's float32 linear for a few rows, or None when kernels are unavailable or
     disabled or the CPU lacks AVX-512."""
+    return _skinny_linear("skinny_linear_f32")
+
+
+@functools.cache
+def _skinny_linear(symbol: str) -> ctypes._CFuncPtr | None:
+    """`symbol` of skinny_linear.c, (x, w, bias, y, m, n, k, threads), if the build has it."""
     library = _library("skinny_linear.c")
-    if library is None or not hasattr(library, "skinny_linear_f32"):
+    if library is None or not hasattr(library, symbol):
         return None
-    fn = library.skinny_linear_f32
+    fn = getattr(library, symbol)
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
     fn.restype = None

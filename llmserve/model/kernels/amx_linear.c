@@ -64,6 +64,13 @@ void pack_weights(const uint16_t *w, uint16_t *packed, int64_t n, int64_t k) {
 }
 
 
+static inline void zero_c_tiles(void) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+}
+
 /* C tiles 0 .. nb-1 = the slab at `a` (16 rows of x, `k` apart) times weight tiles nt0 .. nt0+nb-1,
    nb <= 4. A alternates between tiles 4 and 7 from one k step to the next, B between 5 and 6
    from one weight tile to the next, so a load need not wait for the product reading the tile
@@ -72,10 +79,7 @@ void pack_weights(const uint16_t *w, uint16_t *packed, int64_t n, int64_t k) {
 static inline void multiply_one_slab(const uint16_t *a, const uint16_t *packed, int64_t nt0, int nb, int64_t k) {
     const int64_t stride = k * (int64_t)sizeof(uint16_t), steps = k / 32;
     const uint16_t *w = packed + nt0 * steps * 512;
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    zero_c_tiles();
 #define ONE_SLAB_STEP(A, KT)                                                       \
     do {                                                                           \
         _tile_loadd(A, a + (KT) * 32, stride);                                     \
@@ -109,10 +113,7 @@ static inline void multiply_two_slabs(const uint16_t *a0, const uint16_t *a1, co
                                       int nb, int64_t k) {
     const int64_t stride = k * (int64_t)sizeof(uint16_t), steps = k / 32;
     const uint16_t *w = packed + nt0 * steps * 512;
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    zero_c_tiles();
     for (int64_t kt = 0; kt < steps; kt++) {
         _tile_loadd(4, a0 + kt * 32, stride);
         _tile_loadd(5, a1 + kt * 32, stride);
