@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 
@@ -18,6 +17,7 @@ from llmserve.engine.outputs import RequestOutput
 from llmserve.engine.prefix_cache import PrefixCache, root_hash
 from llmserve.engine.request import Request, RequestStatus
 from llmserve.engine.scheduler import Scheduler
+from llmserve.engine.threads import ThreadGovernor
 from llmserve.model.attention import kv_bytes_per_block
 from llmserve.model.loader import load_model, resolve_dtype
 from llmserve.runner.model_runner import ModelRunner, SampledToken
@@ -42,7 +42,7 @@ class PreparedRequest:
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         start = time.perf_counter()
-        torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
+        self.threads = ThreadGovernor(config.num_threads)
         self.config = config
         self.dtype = resolve_dtype(config.dtype, config.device)
         self.device = torch.device(config.device)
@@ -203,6 +203,7 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         if plan.is_empty:
             return []
+        self.threads.adjust()
         try:
             sampled = self.runner.execute(plan.scheduled)
         except Exception as exc:  # one bad batch must not take the engine down
