@@ -35,7 +35,9 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                        help="reuse the KV of full blocks shared with earlier prompts (default: on)")
     group.add_argument("--max-num-seqs", type=int, default=64)
     group.add_argument("--max-num-batched-tokens", type=int, default=512)
-    group.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    group.add_argument("--threads", type=int, default=None,
+                       help="CPU threads (default: adapt to the cores this process may use, fewer while other "
+                            "processes keep some busy)")
     group.add_argument("--seed", type=int, default=0)
     classes = parser.add_argument_group("service classes")
     classes.add_argument("--scheduling-policy", default="classes", choices=("classes", "fcfs"),

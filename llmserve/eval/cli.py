@@ -31,7 +31,9 @@ def add_eval_parser(sub) -> None:
     parser.add_argument("--max-tokens", type=int, default=32, help="greedy tokens per prompt for the match rate")
     parser.add_argument("--decode-tokens", type=int, default=64, help="timed decode steps per batch size")
     parser.add_argument("--batch-sizes", default="1,16", help="decode batch sizes to time")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: adapt to the cores this process may use, fewer while other "
+                             "processes keep some busy)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (fp8 needs cuda)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="write the table as Markdown")
