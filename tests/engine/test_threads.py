@@ -118,3 +118,29 @@ def test_real_counters_move_forward():
     after = busy_cpu_seconds()
     if before_busy is not None:
         assert after is not None and after >= before_busy
+
+
+def test_fp32_tokens_do_not_depend_on_the_thread_count(tmp_path: Path):
+    """The governor may change the thread count between any two steps; in fp32 no kernel's result
+    depends on it, so a request's tokens are the same on 1 thread, on 2, or switching every step."""
+    import torch
+
+    from llmserve import LLM, SamplingParams
+    from tests.tiny_models import save_tiny_model
+
+    save_tiny_model("llama", tmp_path, hidden_size=256, intermediate_size=512)
+    prompts = [{"prompt_token_ids": [(7 * i + 3 * j) % 200 + 3 for j in range(10 + 37 * i)]} for i in range(6)]
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, None):
+            llm = LLM(str(tmp_path), dtype="float32", num_threads=threads or 2, max_num_batched_tokens=64,
+                      kv_cache_memory="64MiB", max_model_len=512)
+            if threads is None:  # switch between 1 and 2 threads at every step
+                counts = iter([1, 2] * 1000)
+                llm.engine.threads.adjust = lambda counts=counts: torch.set_num_threads(next(counts))
+            results.append([o.outputs[0].token_ids for o in llm.generate(prompts, params)])
+    finally:
+        torch.set_num_threads(before)
+    assert results[0] == results[1] == results[2]
