@@ -98,6 +98,14 @@ class LLMEngine:
                              f"tokens, less than max_model_len {self.max_model_len}; raise it or lower max_model_len")
         return num_blocks
 
+    def make_kv_cache_resident(self) -> None:
+        """Claim the KV pool's memory now instead of as blocks are first used: a server's RSS is then
+        what it will be after hours of traffic, and an overcommitted machine fails at start. Safe on
+        any thread while the engine runs (no byte of the pool is written)."""
+        start = time.perf_counter()
+        if resident := self.runner.make_kv_cache_resident():
+            logger.info("KV cache pool resident (%.2f GiB) in %.2fs", resident / (1 << 30), time.perf_counter() - start)
+
     @property
     def model_identity(self) -> str:
         """What besides the tokens shapes this engine's KV and answers: weights, dtype, quantization, dummy seed."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import mmap
 
@@ -23,3 +25,33 @@ def mapped_tensor(shape: tuple[int, ...], dtype: torch.dtype, huge_pages: bool) 
     if hasattr(region, "madvise") and hasattr(mmap, advice):
         region.madvise(getattr(mmap, advice))
     return torch.frombuffer(region, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
+
+
+# madvise(2) advice (Linux 5.14+): fault every page in, writable, without touching its contents.
+_MADV_POPULATE_WRITE = 23
+
+
+def populate(tensor: torch.Tensor) -> bool:
+    """Make a CPU tensor's pages resident now, in one call per tensor, keeping what they hold.
+
+    Safe while other threads read and write the tensor, since no byte is written. False where the
+    kernel or platform cannot (the pages then still fault in on first use)."""
+    if tensor.device.type != "cpu" or tensor.numel() == 0:
+        return False
+    libc = _libc()
+    if libc is None:
+        return False
+    page = mmap.PAGESIZE
+    start = tensor.data_ptr() // page * page  # madvise needs a page-aligned start
+    length = tensor.data_ptr() + tensor.numel() * tensor.element_size() - start
+    return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_POPULATE_WRITE) == 0
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):
+        return None

@@ -10,6 +10,7 @@ from torch import nn
 from llmserve.config import ModelConfig
 from llmserve.engine.request import Request
 from llmserve.model.attention import LayerKVCache, allocate_kv_cache
+from llmserve.model.memory import populate
 from llmserve.runner.input_batch import build_inputs
 from llmserve.runner.sampler import Sampler, TokenLogprobs
 
@@ -31,6 +32,11 @@ class ModelRunner:
         self.kv_caches: list[LayerKVCache] = allocate_kv_cache(
             config.num_layers, config.num_kv_heads, config.head_dim, num_blocks, block_size, dtype, device)
         self.sampler = Sampler(seed=seed)
+
+    def make_kv_cache_resident(self) -> int:
+        """Fault a CPU KV pool in now (see memory.populate); the bytes made resident, 0 where none."""
+        tensors = [t for cache in self.kv_caches for t in (cache.key, cache.value)]
+        return sum(t.numel() * t.element_size() for t in tensors if populate(t))
 
     @torch.inference_mode()
     def execute(self, scheduled: list[tuple[Request, int]]) -> list[SampledToken]:

@@ -132,6 +132,12 @@ async def _load(state: ServerState, factory: EngineFactory, on_failure: Callable
     state.ready = True
     logger.info("ready in %.2fs: serving %s at http://%s:%d/v1", time.monotonic() - state.started,
                 state.config.served_model_name, state.config.host, state.config.port)
+    # A server's KV pool fills over hours of traffic anyway: claim it now, off the event loop and
+    # after /health turns 200, so RSS is flat from the start and an overcommitted host fails early.
+    try:
+        await asyncio.to_thread(engine.engine.make_kv_cache_resident)
+    except Exception:  # the pool then faults in as it is used, as it always did
+        logger.warning("could not make the KV cache pool resident", exc_info=True)
 
 
 def _response_front(state: ServerState, engine: AsyncEngine) -> ResponseCacheFront | None:
