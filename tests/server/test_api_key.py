@@ -79,3 +79,10 @@ def test_help_explains_where_the_key_comes_from(capsys):
         build_parser().parse_args(["serve", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--api-key-file PATH" in text and f"else from ${API_KEY_ENV}" in text and "(not both)" in text
+
+
+def test_serve_takes_the_request_limits(monkeypatch):
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    config = _served_config(monkeypatch, ["--max-request-body", "8MiB", "--request-read-timeout", "2.5"])
+    assert (config.max_request_body, config.request_read_timeout) == (8 << 20, 2.5)
+    assert _served_config(monkeypatch, []).max_request_body == 4 << 20
