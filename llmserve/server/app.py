@@ -104,6 +104,8 @@ def build_app(config: ServerConfig, engine_factory: EngineFactory | None = None,
             yield
         finally:
             loader.cancel()
+            if state.serving is not None:
+                state.serving.close()
             if state.response_cache is not None:
                 await state.response_cache.close()
             if state.engine is not None and owns_engine:

@@ -43,11 +43,11 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
     params = body.sampling_params(body.requested_max_tokens, body.num_logprobs)
     request_id, created = new_id("chatcmpl"), int(time.time())
     log = RequestLog(request_id, ctx.received)
-    prompt = render_prompt(serving, body)
+    prompt = await serving.off_loop(render_prompt, serving, body)  # a template over long messages takes a while
     cache = serving.cache_use("chat/completions", body, params, [prompt["prompt"]], ctx)
     if (cached := await serving.cached_reply(cache, request_id, created, log)) is not None:
         return cached
-    prepared = serving.prepare(request_id, [prompt], params, ctx.rank)
+    prepared = await serving.prepare(request_id, [prompt], params, ctx.rank)
     log.prompt_tokens = len(prepared[0].prepared.prompt_token_ids)
     shape = _Shape(serving, request_id, created)
     if body.stream:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -27,13 +30,14 @@ from llmserve.server.streams import QueuedPrompt, merge, tracked_stream
 
 if TYPE_CHECKING:
     from llmserve.engine.async_engine import AsyncEngine
-    from llmserve.engine.engine import Prompt
+    from llmserve.engine.engine import PreparedRequest, Prompt
     from llmserve.engine.outputs import CompletionOutput, RequestOutput
     from llmserve.runner.sampler import TokenLogprobs
     from llmserve.sampling_params import SamplingParams
     from llmserve.server.shedding import LoadShedder
 
 logger = logging.getLogger("llmserve.server")
+T = TypeVar("T")
 
 
 def sse(payload: dict[str, Any] | str) -> str:
@@ -87,25 +91,42 @@ class Serving:
         self.shedder = shedder
         self.responses = responses
         self.tokenizer = engine.tokenizer
+        # A few threads: one huge prompt being tokenized does not hold up everyone else's.
+        self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmserve-tokenize")
+
+    def close(self) -> None:
+        self._workers.shutdown(wait=False, cancel_futures=True)
 
     def check_model(self, requested: str | None) -> None:
         if requested is not None and requested != self.model_name:
             raise APIError(404, f"the model {requested!r} does not exist; this server serves {self.model_name!r}",
                            param="model", code="model_not_found")
 
-    def prepare(self, request_id: str, prompts: Iterable[Prompt], params: SamplingParams,
-                rank: int) -> list[QueuedPrompt]:
-        """Admit the class, then tokenize and validate every prompt before any reaches the engine: all
-        or nothing. No await between the check and the queue entry, so a burst cannot overfill it."""
+    async def prepare(self, request_id: str, prompts: Iterable[Prompt], params: SamplingParams,
+                      rank: int) -> list[QueuedPrompt]:
+        """Tokenize and validate every prompt before any reaches the engine (all or nothing), on a
+        worker thread: a long prompt must not stall every other request's event loop. The class is
+        checked before (no tokenizer spent on a request that would be refused) and again after, with
+        no await between that check and the queue entry, so a burst cannot overfill the queue."""
         self.check_class(rank)
+        prepared = await self.off_loop(self._tokenized, request_id, list(prompts), params, rank)
+        self.check_class(rank)
+        # n sequences each compute the prompt: all of it is work ahead of whoever queues next.
+        return [QueuedPrompt(p, self.shedder.enter(rank, len(p.prompt_token_ids) * p.params.n)) for p in prepared]
+
+    def _tokenized(self, request_id: str, prompts: list[Prompt], params: SamplingParams,
+                   rank: int) -> list[PreparedRequest]:
         prepared = []
         for index, prompt in enumerate(prompts):
             try:
                 prepared.append(self.engine.prepare(f"{request_id}-{index}", prompt, params, rank))
             except ValueError as exc:
                 raise bad_request(str(exc), "prompt") from None
-        # n sequences each compute the prompt: all of it is work ahead of whoever queues next.
-        return [QueuedPrompt(p, self.shedder.enter(rank, len(p.prompt_token_ids) * p.params.n)) for p in prepared]
+        return prepared
+
+    async def off_loop(self, function: Callable[..., T], *args: Any) -> T:
+        """Run CPU work (tokenizing, rendering a chat template) on the server's worker threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._workers, functools.partial(function, *args))
 
     def check_class(self, rank: int) -> None:
         """Refuse with 429 (and count it) when class `rank` should be shed now."""

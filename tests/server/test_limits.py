@@ -1,8 +1,9 @@
-"""Request bodies: capped in size (413) and read within a deadline (408)."""
+"""Request bodies: capped in size (413), read within a deadline (408), and tokenized off the event loop."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import httpx
@@ -87,3 +88,50 @@ def test_a_client_that_leaves_mid_body_is_one_log_line(capped, caplog, monkeypat
     _wait_for_log(caplog, "disconnected mid-body after 10 bytes")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert httpx.get(capped.url + "/health", timeout=30).status_code == 200
+
+
+def test_tokenizing_runs_off_the_event_loop(capped, engine, monkeypatch):
+    """While a prompt is being tokenized (held here until /health has answered), the server still
+    answers; were tokenizing on the event loop, /health could not answer and this would fail."""
+    tokenizer = engine.tokenizer
+    entered, release = threading.Event(), threading.Event()
+    threads: list[str] = []
+    encode = tokenizer.encode
+
+    def held_encode(text: str, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        if text.startswith("HOLD"):
+            entered.set()
+            release.wait(30)
+        return encode(text, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "encode", held_encode)
+    body = {"model": MODEL_NAME, "prompt": "HOLD " + "word " * 4000, "max_tokens": 1}
+    result: list[httpx.Response] = []
+    client = threading.Thread(target=lambda: result.append(httpx.post(capped.base_url + "/completions", json=body,
+                                                                       timeout=60)))
+    client.start()
+    try:
+        assert entered.wait(30), "the prompt never reached the tokenizer"
+        assert httpx.get(capped.url + "/health", timeout=30).status_code == 200
+    finally:
+        release.set()
+        client.join(60)
+    assert result and result[0].status_code == 400  # longer than the tiny model's context
+    assert threads and all(name.startswith("llmserve-tokenize") for name in threads)
+
+
+def test_chat_templates_are_rendered_off_the_event_loop(capped, engine, monkeypatch):
+    tokenizer = engine.tokenizer
+    render = tokenizer.render_chat
+    threads: list[str] = []
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "render_chat", recorded)
+    resp = httpx.post(capped.base_url + "/chat/completions", timeout=60,
+                      json={"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert resp.status_code == 200
+    assert threads and all(name.startswith("llmserve-tokenize") for name in threads)
