@@ -52,7 +52,7 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
     shape = _Shape(serving, request_id, created)
     if body.stream:
         return serving.reply_stream(cache, _stream(serving, shape, prepared, ctx.received, body, log), log)
-    (final,) = await serving.final_outputs(prepared, ctx.received, log)
+    (final,) = await serving.final_outputs(prepared, ctx, log)
     choices = [{"index": out.index, "message": {"role": "assistant", "content": out.text},
                 "logprobs": shape.logprobs(out.logprobs), "finish_reason": finish_reason(out.finish_reason)}
                for out in final.outputs]

@@ -44,7 +44,7 @@ async def create_completion(serving: Serving, body: CompletionRequest, ctx: Requ
     if body.stream:
         return serving.reply_stream(cache, _stream(serving, shape, prepared, ctx.received, body.include_usage, log),
                                     log)
-    finals = await serving.final_outputs(prepared, ctx.received, log)
+    finals = await serving.final_outputs(prepared, ctx, log)
     choices = [shape.choice(i, out, out.text, out.logprobs) for i, final in enumerate(finals) for out in final.outputs]
     for final in finals:
         log.count(final)

@@ -26,9 +26,11 @@ from llmserve.server.cached_responses import (
 from llmserve.server.errors import APIError, bad_request, error_body
 from llmserve.server.metrics import ServerMetrics
 from llmserve.server.shedding import Shed
-from llmserve.server.streams import QueuedPrompt, merge, tracked_stream
+from llmserve.server.streams import QueuedPrompt, merge, tracked_stream, unless_disconnected
 
 if TYPE_CHECKING:
+    from starlette.types import Receive
+
     from llmserve.engine.async_engine import AsyncEngine
     from llmserve.engine.engine import PreparedRequest, Prompt
     from llmserve.engine.outputs import CompletionOutput, RequestOutput
@@ -56,6 +58,7 @@ class RequestContext:
     rank: int  # its service class
     api_key: str | None = None  # the bearer token it came with, if any
     cache_control: str = ""  # its Cache-Control header
+    receive: Receive | None = None  # its ASGI channel, watched for a disconnect while a whole reply is computed
 
 
 @dataclass
@@ -171,23 +174,39 @@ class Serving:
     def streams(self, queued: list[QueuedPrompt], received: float) -> AsyncIterator[tuple[int, RequestOutput]]:
         return merge([tracked_stream(self.engine, q, self.metrics, received) for q in queued])
 
-    async def final_outputs(self, prepared: list[QueuedPrompt], received: float,
+    async def final_outputs(self, prepared: list[QueuedPrompt], ctx: RequestContext,
                             log: RequestLog) -> list[RequestOutput]:
-        """Runs every prompt to the end; an engine failure of any becomes a 500 (and its log line)."""
+        """Runs every prompt to the end; an engine failure of any becomes a 500 (and its log line).
+        A client that hangs up meanwhile has its engine requests aborted, and gets logged as such."""
         finals: list[RequestOutput | None] = [None] * len(prepared)
-        try:
-            async for index, output in self.streams(prepared, received):
+
+        async def collect() -> None:
+            async for index, output in self.streams(prepared, ctx.received):
                 finals[index] = output
+
+        try:
+            if not await unless_disconnected(collect(), ctx.receive):
+                log.status = "disconnected"
+                raise client_gone()
             for output in finals:
                 raise_if_failed(output)
         except Exception as exc:
-            log.status = getattr(exc, "status", 500)
+            if log.status != "disconnected":
+                log.status = getattr(exc, "status", 500)
+            for output in finals:  # what was generated before the failure, cut-off or hang-up
+                if output is not None:
+                    log.count(output)
             log.emit()
             raise
         return finals  # type: ignore[return-value]
 
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False) if self.tokenizer else str(token_id)
+
+
+def client_gone() -> APIError:
+    """Raised for a client that has hung up: nobody reads the response, but the route must end."""
+    return APIError(499, "the client disconnected", code="client_disconnected")
 
 
 def raise_if_failed(output: RequestOutput | None) -> None:
