@@ -94,6 +94,7 @@ async def _stream(serving: Serving, shape: _Shape, prepared: list, received: flo
     ended: set[tuple[int, int]] = set()
     async for _, output in serving.streams(prepared, received):
         if output.finished and (error := stream_error(output)) is not None:
+            log.count(output)
             yield error
             return
         choices = [shape.delta(out, out.finished) for out in unseen_outputs(output, ended)]

@@ -88,6 +88,7 @@ async def _stream(serving: Serving, shape: _Shape, prepared: list[QueuedPrompt],
     async for index, output in serving.streams(prepared, received):
         error = stream_error(output) if output.finished else None
         if error is not None:
+            log.count(output)
             yield error
             return
         choices = [shape.choice(index, out, out.delta_text, delta_logprobs(out), final=out.finished)

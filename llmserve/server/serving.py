@@ -96,9 +96,22 @@ class Serving:
         self.tokenizer = engine.tokenizer
         # A few threads: one huge prompt being tokenized does not hold up everyone else's.
         self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmserve-tokenize")
+        self.in_flight: set[str] = set()  # engine request ids being streamed, for cut_off()
+        self.closing = False
 
     def close(self) -> None:
         self._workers.shutdown(wait=False, cancel_futures=True)
+
+    def cut_off(self) -> None:
+        """The shutdown timeout has run out: abort every engine request, and refuse any new one.
+        Each caller then sees its request aborted, and answers 503 server_shutting_down."""
+        self.closing = True
+        for request_id in list(self.in_flight):
+            self.engine.abort(request_id)
+
+    def check_open(self) -> None:
+        if self.closing:
+            raise shutting_down()
 
     def check_model(self, requested: str | None) -> None:
         if requested is not None and requested != self.model_name:
@@ -113,6 +126,7 @@ class Serving:
         no await between that check and the queue entry, so a burst cannot overfill the queue."""
         self.check_class(rank)
         prepared = await self.off_loop(self._tokenized, request_id, list(prompts), params, rank)
+        self.check_open()
         self.check_class(rank)
         # n sequences each compute the prompt: all of it is work ahead of whoever queues next.
         return [QueuedPrompt(p, self.shedder.enter(rank, len(p.prompt_token_ids) * p.params.n)) for p in prepared]
@@ -172,7 +186,8 @@ class Serving:
         return StreamingResponse(sse_events(events, log), media_type="text/event-stream", headers=headers)
 
     def streams(self, queued: list[QueuedPrompt], received: float) -> AsyncIterator[tuple[int, RequestOutput]]:
-        return merge([tracked_stream(self.engine, q, self.metrics, received) for q in queued])
+        self.check_open()  # cut off between prepare() and the stream's start
+        return merge([tracked_stream(self.engine, q, self.metrics, received, self.in_flight) for q in queued])
 
     async def final_outputs(self, prepared: list[QueuedPrompt], ctx: RequestContext,
                             log: RequestLog) -> list[RequestOutput]:
@@ -204,6 +219,10 @@ class Serving:
         return self.tokenizer.decode([token_id], skip_special_tokens=False) if self.tokenizer else str(token_id)
 
 
+def shutting_down() -> APIError:
+    return APIError(503, "the request was cut off: the server is shutting down", code="server_shutting_down")
+
+
 def client_gone() -> APIError:
     """Raised for a client that has hung up: nobody reads the response, but the route must end."""
     return APIError(499, "the client disconnected", code="client_disconnected")
@@ -211,11 +230,12 @@ def client_gone() -> APIError:
 
 def raise_if_failed(output: RequestOutput | None) -> None:
     if output is None or not output.finished:
-        raise APIError(503, "the request was cut short: the server is shutting down")
+        raise shutting_down()
     if output.error:
         raise APIError(500, f"the request failed inside the engine: {output.error}", code="engine_error")
+    # Only cut_off() aborts a request whose caller still listens; a departed caller's own abort is never seen.
     if any(o.finish_reason == "abort" for o in output.outputs):
-        raise APIError(503, "the request was aborted: the server is shutting down")
+        raise shutting_down()
 
 
 def stream_error(output: RequestOutput) -> dict[str, Any] | None:

@@ -52,11 +52,13 @@ class _Progress:
         self.last_token = now
 
 
-async def tracked_stream(engine: AsyncEngine, queued: QueuedPrompt, metrics: ServerMetrics,
-                         received: float) -> AsyncIterator[RequestOutput]:
-    """engine.stream() plus the bookkeeping: leaves the queue at its first token, records metrics at the end."""
+async def tracked_stream(engine: AsyncEngine, queued: QueuedPrompt, metrics: ServerMetrics, received: float,
+                         in_flight: set[str]) -> AsyncIterator[RequestOutput]:
+    """engine.stream() plus the bookkeeping: leaves the queue at its first token, records metrics at the end,
+    and is in `in_flight` (by engine request id) meanwhile, for a shutdown to find."""
     progress = _Progress(received)
     gaps: list[float] = []
+    in_flight.add(queued.prepared.request_id)
     try:
         async for output in engine.stream(queued.prepared):
             progress.saw(output, time.monotonic(), gaps)
@@ -64,6 +66,7 @@ async def tracked_stream(engine: AsyncEngine, queued: QueuedPrompt, metrics: Ser
                 queued.ticket.leave(served=True)
             yield output
     finally:
+        in_flight.discard(queued.prepared.request_id)
         queued.ticket.leave(served=False)
         metrics.record(_record(queued.prepared, progress, gaps, queued.ticket.service_class))
 
