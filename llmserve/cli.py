@@ -234,7 +234,8 @@ def _serve_parser(sub) -> None:
                        help="answer 429 when this many requests wait for their first token")
     serve.add_argument("--served-model-name", default=None, help="the model name clients use")
     serve.add_argument("--shutdown-timeout", type=float, default=30.0,
-                       help="seconds SIGTERM waits for in-flight requests before cutting them off")
+                       help="seconds SIGTERM waits for in-flight requests before cutting them off, each with an "
+                            "error (code server_shutting_down: an SSE error event then [DONE], or a 503)")
     serve.add_argument("--no-warmup", action="store_true", help="report healthy without a warm-up batch")
     limits = serve.add_argument_group("request limits")
     limits.add_argument("--max-request-body", type=parse_size, default="4MiB", metavar="SIZE",
