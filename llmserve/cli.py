@@ -10,8 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmserve.bench.cli import add_bench_parser
+from llmserve.config import parse_size
 from llmserve.eval.cli import add_eval_parser
 from llmserve.sampling_params import SamplingParams
+from llmserve.server.api_key import API_KEY_ENV, resolve_api_key
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
 from llmserve.units import parse_duration_s
 
@@ -176,11 +178,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_queued_requests is not None and args.max_queued_requests < 1:
         raise ValueError("--max-queued-requests must be at least 1")
     name = args.served_model_name or args.model or EMBEDDED_MODEL_NAME
-    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
+    if args.max_request_body < 1 or args.request_read_timeout <= 0:
+        raise ValueError("--max-request-body and --request-read-timeout must be positive")
+    config = ServerConfig(host=args.host, port=args.port, api_key=resolve_api_key(args.api_key, args.api_key_file),
                           max_queued_requests=args.max_queued_requests, served_model_name=name,
                           shutdown_timeout=args.shutdown_timeout, warmup=not args.no_warmup,
                           response_cache=args.response_cache, response_cache_ttl=args.response_cache_ttl,
-                          response_cache_shared=args.response_cache_shared, engine_args=_engine_kwargs(args))
+                          response_cache_shared=args.response_cache_shared, max_request_body=args.max_request_body,
+                          request_read_timeout=args.request_read_timeout, engine_args=_engine_kwargs(args))
     return run_server(config, log_level=args.log_level or "INFO")
 
 
@@ -219,13 +224,28 @@ def _serve_parser(sub) -> None:
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    auth = serve.add_argument_group(
+        "API key", f"/v1 routes then require 'Authorization: Bearer KEY'. The key comes from --api-key or "
+        f"--api-key-file (not both), else from ${API_KEY_ENV}; none of them: no key is required. --api-key is "
+        f"visible to every user of the machine in `ps`: prefer the file or the variable.")
+    auth = auth.add_mutually_exclusive_group()
+    auth.add_argument("--api-key", default=None, metavar="KEY", help="the key itself")
+    auth.add_argument("--api-key-file", default=None, metavar="PATH",
+                      help="a file holding the key (one line; a trailing newline is ignored)")
     serve.add_argument("--max-queued-requests", type=int, default=None,
                        help="answer 429 when this many requests wait for their first token")
     serve.add_argument("--served-model-name", default=None, help="the model name clients use")
     serve.add_argument("--shutdown-timeout", type=float, default=30.0,
-                       help="seconds SIGTERM waits for in-flight requests before cutting them off")
+                       help="seconds SIGTERM waits for in-flight requests before cutting them off, each with an "
+                            "error (code server_shutting_down: an SSE error event then [DONE], or a 503)")
     serve.add_argument("--no-warmup", action="store_true", help="report healthy without a warm-up batch")
+    limits = serve.add_argument_group("request limits")
+    limits.add_argument("--max-request-body", type=parse_size, default="4MiB", metavar="SIZE",
+                        help="answer 413, unread, to a larger request body (default: 4MiB, about a million tokens "
+                             "of text, past any context this server runs)")
+    limits.add_argument("--request-read-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="answer 408 and close the connection when a request body has not fully arrived this "
+                             "long after its headers (default: 30)")
     cache = serve.add_argument_group("response cache")
     cache.add_argument("--response-cache", default=None, metavar="SIZE|URL",
                        help="answer repeated greedy or seeded requests from a cache: a size held in memory "

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from llmserve.server.cached_responses import ResponseCacheFront
 from llmserve.server.errors import install_handlers
+from llmserve.server.limits import BodyLimits
 from llmserve.server.metrics import ServerMetrics
 from llmserve.server.response_cache import ResponseCache, ResponseCacheStats, open_response_cache
 from llmserve.server.routes import router
@@ -43,6 +44,8 @@ class ServerConfig:
     response_cache: str | None = None  # a size (in memory) or a redis:// URL; None: off
     response_cache_ttl: float = 3600.0  # seconds
     response_cache_shared: bool = False  # share entries across API keys
+    max_request_body: int = 4 << 20  # bytes; larger bodies get 413 before they are read
+    request_read_timeout: float = 30.0  # seconds from a request's headers to the end of its body, else 408
     engine_args: dict[str, Any] = field(default_factory=dict)  # keywords of AsyncEngine.from_args
 
 
@@ -101,6 +104,8 @@ def build_app(config: ServerConfig, engine_factory: EngineFactory | None = None,
             yield
         finally:
             loader.cancel()
+            if state.serving is not None:
+                state.serving.close()
             if state.response_cache is not None:
                 await state.response_cache.close()
             if state.engine is not None and owns_engine:
@@ -109,6 +114,7 @@ def build_app(config: ServerConfig, engine_factory: EngineFactory | None = None,
     app = FastAPI(title="llmserve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
     install_handlers(app)
+    app.add_middleware(BodyLimits, max_bytes=config.max_request_body, read_timeout=config.request_read_timeout)
     app.include_router(router)
     return app
 

@@ -43,16 +43,16 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
     params = body.sampling_params(body.requested_max_tokens, body.num_logprobs)
     request_id, created = new_id("chatcmpl"), int(time.time())
     log = RequestLog(request_id, ctx.received)
-    prompt = render_prompt(serving, body)
+    prompt = await serving.off_loop(render_prompt, serving, body)  # a template over long messages takes a while
     cache = serving.cache_use("chat/completions", body, params, [prompt["prompt"]], ctx)
     if (cached := await serving.cached_reply(cache, request_id, created, log)) is not None:
         return cached
-    prepared = serving.prepare(request_id, [prompt], params, ctx.rank)
+    prepared = await serving.prepare(request_id, [prompt], params, ctx.rank)
     log.prompt_tokens = len(prepared[0].prepared.prompt_token_ids)
     shape = _Shape(serving, request_id, created)
     if body.stream:
         return serving.reply_stream(cache, _stream(serving, shape, prepared, ctx.received, body, log), log)
-    (final,) = await serving.final_outputs(prepared, ctx.received, log)
+    (final,) = await serving.final_outputs(prepared, ctx, log)
     choices = [{"index": out.index, "message": {"role": "assistant", "content": out.text},
                 "logprobs": shape.logprobs(out.logprobs), "finish_reason": finish_reason(out.finish_reason)}
                for out in final.outputs]
@@ -94,6 +94,7 @@ async def _stream(serving: Serving, shape: _Shape, prepared: list, received: flo
     ended: set[tuple[int, int]] = set()
     async for _, output in serving.streams(prepared, received):
         if output.finished and (error := stream_error(output)) is not None:
+            log.count(output)
             yield error
             return
         choices = [shape.delta(out, out.finished) for out in unseen_outputs(output, ended)]

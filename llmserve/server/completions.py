@@ -38,13 +38,13 @@ async def create_completion(serving: Serving, body: CompletionRequest, ctx: Requ
     if (cached := await serving.cached_reply(cache, request_id, created, log)) is not None:
         return cached
     prompts = [{"prompt_token_ids": p} if isinstance(p, list) else p for p in body.prompts()]
-    prepared = serving.prepare(request_id, prompts, params, ctx.rank)
+    prepared = await serving.prepare(request_id, prompts, params, ctx.rank)
     log.prompt_tokens = sum(len(q.prepared.prompt_token_ids) for q in prepared)
     shape = _Shape(serving, request_id, created, body.n)
     if body.stream:
         return serving.reply_stream(cache, _stream(serving, shape, prepared, ctx.received, body.include_usage, log),
                                     log)
-    finals = await serving.final_outputs(prepared, ctx.received, log)
+    finals = await serving.final_outputs(prepared, ctx, log)
     choices = [shape.choice(i, out, out.text, out.logprobs) for i, final in enumerate(finals) for out in final.outputs]
     for final in finals:
         log.count(final)
@@ -88,6 +88,7 @@ async def _stream(serving: Serving, shape: _Shape, prepared: list[QueuedPrompt],
     async for index, output in serving.streams(prepared, received):
         error = stream_error(output) if output.finished else None
         if error is not None:
+            log.count(output)
             yield error
             return
         choices = [shape.choice(index, out, out.delta_text, delta_logprobs(out), final=out.finished)

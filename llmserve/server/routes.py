@@ -92,7 +92,7 @@ async def _accept(request: Request, model: type[Body]) -> tuple[Serving, Body, R
     body = await _parse(request, model)
     rank = header_rank if header_rank is not None else _rank(server_state(request), body.priority, "priority")
     return serving, body, RequestContext(received, rank, _bearer_token(request),
-                                         request.headers.get("cache-control", ""))
+                                         request.headers.get("cache-control", ""), request.receive)
 
 
 def _bearer_token(request: Request) -> str | None:

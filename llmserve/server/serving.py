@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -23,17 +26,20 @@ from llmserve.server.cached_responses import (
 from llmserve.server.errors import APIError, bad_request, error_body
 from llmserve.server.metrics import ServerMetrics
 from llmserve.server.shedding import Shed
-from llmserve.server.streams import QueuedPrompt, merge, tracked_stream
+from llmserve.server.streams import QueuedPrompt, merge, tracked_stream, unless_disconnected
 
 if TYPE_CHECKING:
+    from starlette.types import Receive
+
     from llmserve.engine.async_engine import AsyncEngine
-    from llmserve.engine.engine import Prompt
+    from llmserve.engine.engine import PreparedRequest, Prompt
     from llmserve.engine.outputs import CompletionOutput, RequestOutput
     from llmserve.runner.sampler import TokenLogprobs
     from llmserve.sampling_params import SamplingParams
     from llmserve.server.shedding import LoadShedder
 
 logger = logging.getLogger("llmserve.server")
+T = TypeVar("T")
 
 
 def sse(payload: dict[str, Any] | str) -> str:
@@ -52,6 +58,7 @@ class RequestContext:
     rank: int  # its service class
     api_key: str | None = None  # the bearer token it came with, if any
     cache_control: str = ""  # its Cache-Control header
+    receive: Receive | None = None  # its ASGI channel, watched for a disconnect while a whole reply is computed
 
 
 @dataclass
@@ -87,25 +94,56 @@ class Serving:
         self.shedder = shedder
         self.responses = responses
         self.tokenizer = engine.tokenizer
+        # A few threads: one huge prompt being tokenized does not hold up everyone else's.
+        self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmserve-tokenize")
+        self.in_flight: set[str] = set()  # engine request ids being streamed, for cut_off()
+        self.closing = False
+
+    def close(self) -> None:
+        self._workers.shutdown(wait=False, cancel_futures=True)
+
+    def cut_off(self) -> None:
+        """The shutdown timeout has run out: abort every engine request, and refuse any new one.
+        Each caller then sees its request aborted, and answers 503 server_shutting_down."""
+        self.closing = True
+        for request_id in list(self.in_flight):
+            self.engine.abort(request_id)
+
+    def check_open(self) -> None:
+        if self.closing:
+            raise shutting_down()
 
     def check_model(self, requested: str | None) -> None:
         if requested is not None and requested != self.model_name:
             raise APIError(404, f"the model {requested!r} does not exist; this server serves {self.model_name!r}",
                            param="model", code="model_not_found")
 
-    def prepare(self, request_id: str, prompts: Iterable[Prompt], params: SamplingParams,
-                rank: int) -> list[QueuedPrompt]:
-        """Admit the class, then tokenize and validate every prompt before any reaches the engine: all
-        or nothing. No await between the check and the queue entry, so a burst cannot overfill it."""
+    async def prepare(self, request_id: str, prompts: Iterable[Prompt], params: SamplingParams,
+                      rank: int) -> list[QueuedPrompt]:
+        """Tokenize and validate every prompt before any reaches the engine (all or nothing), on a
+        worker thread: a long prompt must not stall every other request's event loop. The class is
+        checked before (no tokenizer spent on a request that would be refused) and again after, with
+        no await between that check and the queue entry, so a burst cannot overfill the queue."""
         self.check_class(rank)
+        prepared = await self.off_loop(self._tokenized, request_id, list(prompts), params, rank)
+        self.check_open()
+        self.check_class(rank)
+        # n sequences each compute the prompt: all of it is work ahead of whoever queues next.
+        return [QueuedPrompt(p, self.shedder.enter(rank, len(p.prompt_token_ids) * p.params.n)) for p in prepared]
+
+    def _tokenized(self, request_id: str, prompts: list[Prompt], params: SamplingParams,
+                   rank: int) -> list[PreparedRequest]:
         prepared = []
         for index, prompt in enumerate(prompts):
             try:
                 prepared.append(self.engine.prepare(f"{request_id}-{index}", prompt, params, rank))
             except ValueError as exc:
                 raise bad_request(str(exc), "prompt") from None
-        # n sequences each compute the prompt: all of it is work ahead of whoever queues next.
-        return [QueuedPrompt(p, self.shedder.enter(rank, len(p.prompt_token_ids) * p.params.n)) for p in prepared]
+        return prepared
+
+    async def off_loop(self, function: Callable[..., T], *args: Any) -> T:
+        """Run CPU work (tokenizing, rendering a chat template) on the server's worker threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._workers, functools.partial(function, *args))
 
     def check_class(self, rank: int) -> None:
         """Refuse with 429 (and count it) when class `rank` should be shed now."""
@@ -148,19 +186,31 @@ class Serving:
         return StreamingResponse(sse_events(events, log), media_type="text/event-stream", headers=headers)
 
     def streams(self, queued: list[QueuedPrompt], received: float) -> AsyncIterator[tuple[int, RequestOutput]]:
-        return merge([tracked_stream(self.engine, q, self.metrics, received) for q in queued])
+        self.check_open()  # cut off between prepare() and the stream's start
+        return merge([tracked_stream(self.engine, q, self.metrics, received, self.in_flight) for q in queued])
 
-    async def final_outputs(self, prepared: list[QueuedPrompt], received: float,
+    async def final_outputs(self, prepared: list[QueuedPrompt], ctx: RequestContext,
                             log: RequestLog) -> list[RequestOutput]:
-        """Runs every prompt to the end; an engine failure of any becomes a 500 (and its log line)."""
+        """Runs every prompt to the end; an engine failure of any becomes a 500 (and its log line).
+        A client that hangs up meanwhile has its engine requests aborted, and gets logged as such."""
         finals: list[RequestOutput | None] = [None] * len(prepared)
-        try:
-            async for index, output in self.streams(prepared, received):
+
+        async def collect() -> None:
+            async for index, output in self.streams(prepared, ctx.received):
                 finals[index] = output
+
+        try:
+            if not await unless_disconnected(collect(), ctx.receive):
+                log.status = "disconnected"
+                raise client_gone()
             for output in finals:
                 raise_if_failed(output)
         except Exception as exc:
-            log.status = getattr(exc, "status", 500)
+            if log.status != "disconnected":
+                log.status = getattr(exc, "status", 500)
+            for output in finals:  # what was generated before the failure, cut-off or hang-up
+                if output is not None:
+                    log.count(output)
             log.emit()
             raise
         return finals  # type: ignore[return-value]
@@ -169,13 +219,23 @@ class Serving:
         return self.tokenizer.decode([token_id], skip_special_tokens=False) if self.tokenizer else str(token_id)
 
 
+def shutting_down() -> APIError:
+    return APIError(503, "the request was cut off: the server is shutting down", code="server_shutting_down")
+
+
+def client_gone() -> APIError:
+    """Raised for a client that has hung up: nobody reads the response, but the route must end."""
+    return APIError(499, "the client disconnected", code="client_disconnected")
+
+
 def raise_if_failed(output: RequestOutput | None) -> None:
     if output is None or not output.finished:
-        raise APIError(503, "the request was cut short: the server is shutting down")
+        raise shutting_down()
     if output.error:
         raise APIError(500, f"the request failed inside the engine: {output.error}", code="engine_error")
+    # Only cut_off() aborts a request whose caller still listens; a departed caller's own abort is never seen.
     if any(o.finish_reason == "abort" for o in output.outputs):
-        raise APIError(503, "the request was aborted: the server is shutting down")
+        raise shutting_down()
 
 
 def stream_error(output: RequestOutput) -> dict[str, Any] | None:

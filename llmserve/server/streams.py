@@ -2,19 +2,23 @@
 
 One HTTP request may fan out to several engine requests (a list of prompts); `merge` interleaves
 their outputs and, when the consumer stops early (a client disconnect), aborts every one of them.
+A whole (non-streaming) reply has no stream for a disconnect to close: `unless_disconnected`
+watches the connection while it is computed, and stops the work when the client hangs up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmserve.server.metrics import RequestRecord, ServerMetrics
 
 if TYPE_CHECKING:
+    from starlette.types import Receive
+
     from llmserve.engine.async_engine import AsyncEngine
     from llmserve.engine.engine import PreparedRequest
     from llmserve.engine.outputs import RequestOutput
@@ -48,11 +52,13 @@ class _Progress:
         self.last_token = now
 
 
-async def tracked_stream(engine: AsyncEngine, queued: QueuedPrompt, metrics: ServerMetrics,
-                         received: float) -> AsyncIterator[RequestOutput]:
-    """engine.stream() plus the bookkeeping: leaves the queue at its first token, records metrics at the end."""
+async def tracked_stream(engine: AsyncEngine, queued: QueuedPrompt, metrics: ServerMetrics, received: float,
+                         in_flight: set[str]) -> AsyncIterator[RequestOutput]:
+    """engine.stream() plus the bookkeeping: leaves the queue at its first token, records metrics at the end,
+    and is in `in_flight` (by engine request id) meanwhile, for a shutdown to find."""
     progress = _Progress(received)
     gaps: list[float] = []
+    in_flight.add(queued.prepared.request_id)
     try:
         async for output in engine.stream(queued.prepared):
             progress.saw(output, time.monotonic(), gaps)
@@ -60,6 +66,7 @@ async def tracked_stream(engine: AsyncEngine, queued: QueuedPrompt, metrics: Ser
                 queued.ticket.leave(served=True)
             yield output
     finally:
+        in_flight.discard(queued.prepared.request_id)
         queued.ticket.leave(served=False)
         metrics.record(_record(queued.prepared, progress, gaps, queued.ticket.service_class))
 
@@ -123,3 +130,30 @@ async def merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tu
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def unless_disconnected(work: Coroutine[Any, Any, None], receive: Receive | None) -> bool:
+    """Runs `work` to its end and returns True, unless the client hangs up first: then `work` is
+    cancelled, which closes its engine streams and so aborts their requests at the next step, and
+    this returns False. `receive` must be past the request body: all it has left is the disconnect."""
+    if receive is None:
+        await work
+        return True
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))  # its streams' aborts are queued before the caller logs
+    if task.cancelled():
+        return False
+    task.result()  # its exception, if it failed
+    return True
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
