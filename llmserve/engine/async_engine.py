@@ -16,6 +16,7 @@ from typing import Any
 
 from llmserve.config import EngineConfig
 from llmserve.engine.engine import LLMEngine, PreparedRequest, Prompt
+from llmserve.engine.native_memory import MallocTrimmer
 from llmserve.engine.outputs import EngineStats, RequestOutput
 from llmserve.engine.prefix_cache import PrefixCacheStats
 from llmserve.sampling_params import SamplingParams
@@ -50,6 +51,7 @@ class AsyncEngine:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._stopping = threading.Event()
+        self._trimmer = MallocTrimmer()
         self._dead: BaseException | None = None
         built = threading.Event()
         failure: list[BaseException] = []
@@ -166,6 +168,7 @@ class AsyncEngine:
                 self._drain_commands(block=not self.engine.has_unfinished_requests())
                 if self.engine.has_unfinished_requests():
                     self._deliver(self.engine.step())
+                self._trimmer.maybe_trim()
         except BaseException as exc:  # pragma: no cover - a bug in the engine; fail every caller loudly
             logger.exception("engine loop died")
             reason = exc

@@ -12,6 +12,7 @@ import torch
 from llmserve.config import EngineConfig, SchedulerConfig
 from llmserve.engine.block_manager import BlockManager
 from llmserve.engine.detokenizer import IncrementalDetokenizer
+from llmserve.engine.native_memory import cap_onednn_primitive_cache
 from llmserve.engine.output_builder import OutputBuilder
 from llmserve.engine.outputs import RequestOutput
 from llmserve.engine.prefix_cache import PrefixCache, root_hash
@@ -42,6 +43,7 @@ class PreparedRequest:
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         start = time.perf_counter()
+        cap_onednn_primitive_cache()
         self.threads = ThreadGovernor(config.num_threads)
         self.config = config
         self.dtype = resolve_dtype(config.dtype, config.device)
