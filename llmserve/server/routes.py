@@ -124,11 +124,12 @@ def _rank(state: ServerState, value: int | str | None, param: str) -> int:
 
 
 async def _parse(request: Request, model: type[Body]) -> Body:
-    raw = await request.body()
+    """The body, validated: every way a client's value can be wrong becomes a 400 naming it, here."""
+    data = parse_json(await request.body())
     try:
-        return model.model_validate(parse_json(raw))
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise from_validation_error(exc) from None
+        raise from_validation_error(exc, data) from None
 
 
 router.include_router(v1)

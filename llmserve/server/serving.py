@@ -103,7 +103,7 @@ class Serving:
             try:
                 prepared.append(self.engine.prepare(f"{request_id}-{index}", prompt, params, rank))
             except ValueError as exc:
-                raise bad_request(str(exc), "prompt") from None
+                raise bad_request(str(exc), getattr(exc, "param", "prompt")) from None  # InvalidParameter names it
         # n sequences each compute the prompt: all of it is work ahead of whoever queues next.
         return [QueuedPrompt(p, self.shedder.enter(rank, len(p.prompt_token_ids) * p.params.n)) for p in prepared]
 
