@@ -20,7 +20,7 @@ from llmserve.server.cached_responses import ResponseCacheFront
 from llmserve.server.errors import install_handlers
 from llmserve.server.metrics import ServerMetrics
 from llmserve.server.response_cache import ResponseCache, ResponseCacheStats, open_response_cache
-from llmserve.server.routes import router
+from llmserve.server.routes import document_request_bodies, router
 from llmserve.server.serving import Serving
 from llmserve.server.shedding import LoadShedder
 
@@ -110,6 +110,7 @@ def build_app(config: ServerConfig, engine_factory: EngineFactory | None = None,
     app.state.server = state
     install_handlers(app)
     app.include_router(router)
+    document_request_bodies(app)
     return app
 
 

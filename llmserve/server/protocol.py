@@ -164,3 +164,14 @@ class ChatCompletionRequest(_SamplingFields):
         if not self.logprobs:
             return None
         return self.top_logprobs or 0
+
+
+def body_schemas() -> dict[str, Any]:
+    """JSON schemas of both endpoints' request bodies and of every model they use, by name, for an
+    OpenAPI document's components/schemas (which is where their references point)."""
+    schemas: dict[str, Any] = {}
+    for model in (CompletionRequest, ChatCompletionRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
