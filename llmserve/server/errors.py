@@ -40,8 +40,14 @@ class APIError(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
-                      "param": param, "code": code}}
+    return {"error": {"message": _encodable(message), "type": _TYPES.get(status, "invalid_request_error"),
+                      "param": None if param is None else _encodable(param), "code": code}}
+
+
+def _encodable(text: str) -> str:
+    # Messages and params may quote the client (a key, a value); a lone surrogate there would make the
+    # error itself fail to encode as UTF-8, and a 400 a 500. Escape it as \udXXX instead.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def bad_request(message: str, param: str | None = None) -> APIError:

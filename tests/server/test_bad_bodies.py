@@ -96,6 +96,9 @@ def test_json_nested_100000_deep_gets_400(server, path, body, field):
     ("/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]},
      "messages.0.content.0.text"),
     ("/chat/completions", {**CHAT, "user": "\ud83d"}, "user"),
+    # In a key: the param quotes it, escaped, or the error itself could not be encoded (found by fuzzing).
+    ("/completions", {**COMPLETION, "extra": {"\ud800": 1}}, "extra"),
+    ("/completions", {**COMPLETION, "extra": {"k\udc00": {"\udfff": 1}}}, "extra.k\\udc00"),
 ])
 def test_lone_surrogates_get_400_naming_the_field(server, path, body, param, stream):
     error = assert_openai_error(post(server, path, {**body, "stream": stream}), 400, param)
