@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmserve.sampling_params import SamplingParams, SamplingType
+from llmserve.sampling_params import SEED_MAX, SEED_MIN, InvalidParameter, SamplingParams, SamplingType
 
 
 def test_defaults() -> None:
@@ -75,3 +75,34 @@ def test_invalid_values_name_the_field(kwargs: dict, field: str) -> None:
 def test_boundaries_accepted() -> None:
     SamplingParams(top_p=1.0, min_p=1.0, logprobs=20, presence_penalty=-2.0, frequency_penalty=2.0)
     SamplingParams(logprobs=0, min_tokens=16, max_tokens=16, temperature=0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"temperature": float("inf")}, "temperature"),
+        ({"top_p": float("nan")}, "top_p"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+        ({"repetition_penalty": 1e-40}, "repetition_penalty"),
+        ({"repetition_penalty": 1e6}, "repetition_penalty"),
+        ({"presence_penalty": float("-inf")}, "presence_penalty"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"seed": 2**63}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"seed": 10**5000}, "seed"),
+        ({"min_tokens": 10**5000, "max_tokens": 4}, "min_tokens"),
+        ({"stop": [""]}, "stop"),
+        ({"stop_token_ids": [3, -1]}, "stop_token_ids"),
+    ],
+)
+def test_invalid_parameter_carries_the_field(kwargs: dict, field: str) -> None:
+    # A ValueError subclass, so callers that catch ValueError keep working; `param` is for servers.
+    with pytest.raises(InvalidParameter, match=field) as caught:
+        SamplingParams(**kwargs)
+    assert caught.value.param == field
+    assert len(str(caught.value)) < 200  # a huge integer is described, not printed
+
+
+def test_seed_accepts_the_signed_64_bit_range() -> None:
+    assert SamplingParams(seed=SEED_MIN).seed == -(2**63)
+    assert SamplingParams(seed=SEED_MAX).seed == 2**63 - 1

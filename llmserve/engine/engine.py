@@ -22,7 +22,7 @@ from llmserve.engine.threads import ThreadGovernor
 from llmserve.model.attention import kv_bytes_per_block
 from llmserve.model.loader import load_model, resolve_dtype
 from llmserve.runner.model_runner import ModelRunner, SampledToken
-from llmserve.sampling_params import SamplingParams
+from llmserve.sampling_params import InvalidParameter, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,10 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if min(token_ids) < 0 or max(token_ids) >= vocab:
             raise ValueError(f"prompt token ids must lie in [0, {vocab})")
+        if params.stop_token_ids and max(params.stop_token_ids) >= vocab:
+            # The sampler blocks them as logit columns until min_tokens: one past the vocabulary would
+            # fail the whole batch's step.
+            raise InvalidParameter(f"stop_token_ids must lie in [0, {vocab})", "stop_token_ids")
         if len(token_ids) >= self._pool_tokens:
             raise ValueError(f"the prompt has {len(token_ids)} tokens; the KV cache holds {self._pool_tokens}")
         return PreparedRequest(request_id, text, token_ids, params, rank)
@@ -184,7 +188,7 @@ class LLMEngine:
         generator = None
         if params.seed is not None:
             # Each of the n sequences gets its own stream, or all n would be identical.
-            generator = torch.Generator(device="cpu").manual_seed(params.seed + index)
+            generator = torch.Generator(device="cpu").manual_seed(choice_seed(params.seed, index))
         detok = None
         if self.tokenizer is not None:
             detok = IncrementalDetokenizer(self.tokenizer, prepared.prompt_token_ids, params)
@@ -289,3 +293,13 @@ def _token_ids(values: object) -> list[int]:
             isinstance(t, int) and not isinstance(t, bool) for t in values):
         raise ValueError("prompt_token_ids must be a list of integers")
     return list(values)
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """The seed of choice `index` of a request seeded with `seed`.
+
+    torch takes seeds in [0, 2**64) (and negative ones as two's complement), so the sum wraps rather
+    than overflowing at the top of the range: a seed of 2**63 - 1 with n=2 is as valid as seed 0. For
+    every sum torch accepted already this is the seed it used, so seeded outputs do not change.
+    """
+    return (seed + index) % 2**64

@@ -86,7 +86,13 @@ class Tokenizer:
     # --- encoding -----------------------------------------------------------------------------
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError:
+            # tokenizers refuses a str that is not valid Unicode (a lone surrogate, say from a JSON
+            # "\ud800" escape) with a TypeError about its argument's type; say what is really wrong.
+            _check_unicode(text)
+            raise
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -126,6 +132,16 @@ class Tokenizer:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _check_unicode(text: Any) -> None:
+    if not isinstance(text, str):
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"the text holds a lone UTF-16 surrogate (U+{ord(text[exc.start]):04X} at index "
+                         f"{exc.start}), which is not Unicode and cannot be tokenized") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

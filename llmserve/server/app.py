@@ -21,7 +21,7 @@ from llmserve.server.errors import install_handlers
 from llmserve.server.limits import BodyLimits
 from llmserve.server.metrics import ServerMetrics
 from llmserve.server.response_cache import ResponseCache, ResponseCacheStats, open_response_cache
-from llmserve.server.routes import router
+from llmserve.server.routes import document_request_bodies, router
 from llmserve.server.serving import Serving
 from llmserve.server.shedding import LoadShedder
 
@@ -116,6 +116,7 @@ def build_app(config: ServerConfig, engine_factory: EngineFactory | None = None,
     install_handlers(app)
     app.add_middleware(BodyLimits, max_bytes=config.max_request_body, read_timeout=config.request_read_timeout)
     app.include_router(router)
+    document_request_bodies(app)
     return app
 
 

@@ -1,7 +1,9 @@
 """Request bodies of the OpenAI API as pydantic models, and their translation to SamplingParams.
 
-Validation here gives clients 400s that name the bad field; SamplingParams then checks value
-ranges once more, so the engine never sees a request the HTTP edge let through by mistake.
+Validation here gives clients 400s that name the bad field. Types and the OpenAI ranges are
+declared on the fields; the rules between fields (min_tokens <= max_tokens, no empty stop string, ...)
+live in SamplingParams alone, which every request builds while it is validated, so its
+InvalidParameter surfaces as a pydantic error too and errors.from_validation_error names the field.
 """
 
 from __future__ import annotations
@@ -10,7 +12,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
-from llmserve.sampling_params import MAX_LOGPROBS, SamplingParams
+from llmserve.sampling_params import (
+    MAX_LOGPROBS,
+    REPETITION_PENALTY_MAX,
+    REPETITION_PENALTY_MIN,
+    SEED_MAX,
+    SEED_MIN,
+    SamplingParams,
+)
 
 TokenIds = list[StrictInt]
 
@@ -22,15 +31,16 @@ class StreamOptions(BaseModel):
 class _SamplingFields(BaseModel):
     """Fields shared by both endpoints: OpenAI's, then vLLM's extensions under vLLM's names."""
 
-    # Unknown fields are ignored, as OpenAI and vLLM do, so newer clients keep working.
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields are ignored, as OpenAI and vLLM do, so newer clients keep working. No float
+    # may be inf or NaN (1e999 parses as inf): none means anything to the sampler.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = None
     n: StrictInt = Field(1, ge=1, le=16)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stream: StrictBool = False
@@ -38,7 +48,7 @@ class _SamplingFields(BaseModel):
     user: str | None = None
     top_k: StrictInt | None = Field(None, ge=-1)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, gt=0.0)
+    repetition_penalty: float = Field(1.0, ge=REPETITION_PENALTY_MIN, le=REPETITION_PENALTY_MAX)
     ignore_eos: StrictBool = False
     min_tokens: StrictInt = Field(0, ge=0)
     stop_token_ids: list[StrictInt] | None = None
@@ -57,6 +67,16 @@ class _SamplingFields(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def _limits(self) -> tuple[int | None, int | None]:
+        """(max_tokens, logprobs) as this endpoint spells them."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _sampling_params_are_valid(self) -> _SamplingFields:
+        # SamplingParams raises InvalidParameter (a ValueError), which pydantic keeps in the error's ctx.
+        self.sampling_params(*self._limits())
+        return self
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         return SamplingParams(
@@ -82,6 +102,9 @@ class CompletionRequest(_SamplingFields):
         if isinstance(prompt, list) and not prompt:
             raise ValueError("prompt must not be an empty list")
         return prompt
+
+    def _limits(self) -> tuple[int | None, int | None]:
+        return self.max_tokens, self.logprobs
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: a string, or a list of token ids."""
@@ -128,6 +151,9 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("top_logprobs needs logprobs set to true")
         return self
 
+    def _limits(self) -> tuple[int | None, int | None]:
+        return self.requested_max_tokens, self.num_logprobs
+
     @property
     def requested_max_tokens(self) -> int | None:
         """None means: up to the context length, as OpenAI's chat endpoint does."""
@@ -138,3 +164,14 @@ class ChatCompletionRequest(_SamplingFields):
         if not self.logprobs:
             return None
         return self.top_logprobs or 0
+
+
+def body_schemas() -> dict[str, Any]:
+    """JSON schemas of both endpoints' request bodies and of every model they use, by name, for an
+    OpenAPI document's components/schemas (which is where their references point)."""
+    schemas: dict[str, Any] = {}
+    for model in (CompletionRequest, ChatCompletionRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas

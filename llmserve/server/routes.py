@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
@@ -15,7 +15,7 @@ import llmserve
 from llmserve.server.chat import create_chat_completion
 from llmserve.server.completions import create_completion
 from llmserve.server.errors import APIError, from_validation_error, parse_json
-from llmserve.server.protocol import ChatCompletionRequest, CompletionRequest
+from llmserve.server.protocol import ChatCompletionRequest, CompletionRequest, body_schemas
 from llmserve.server.serving import RequestContext
 
 if TYPE_CHECKING:
@@ -71,13 +71,34 @@ async def models(request: Request) -> dict:
     return {"object": "list", "data": [card]}
 
 
-@v1.post("/completions")
+def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The requestBody of a route that reads its body itself (see _accept), for the OpenAPI document."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def document_request_bodies(app: FastAPI) -> None:
+    """Put the bodies' schemas under components/schemas, where _documented_body's references point.
+
+    FastAPI only lists the models of parameters it parses itself, and these routes must not let it:
+    admission runs before the body is read."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            build().setdefault("components", {}).setdefault("schemas", {}).update(body_schemas())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+@v1.post("/completions", openapi_extra=_documented_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     serving, body, ctx = await _accept(request, CompletionRequest)
     return await create_completion(serving, body, ctx)
 
 
-@v1.post("/chat/completions")
+@v1.post("/chat/completions", openapi_extra=_documented_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     serving, body, ctx = await _accept(request, ChatCompletionRequest)
     return await create_chat_completion(serving, body, ctx)
@@ -124,11 +145,12 @@ def _rank(state: ServerState, value: int | str | None, param: str) -> int:
 
 
 async def _parse(request: Request, model: type[Body]) -> Body:
-    raw = await request.body()
+    """The body, validated: every way a client's value can be wrong becomes a 400 naming it, here."""
+    data = parse_json(await request.body())
     try:
-        return model.model_validate(parse_json(raw))
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise from_validation_error(exc) from None
+        raise from_validation_error(exc, data) from None
 
 
 router.include_router(v1)

@@ -138,7 +138,7 @@ class Serving:
             try:
                 prepared.append(self.engine.prepare(f"{request_id}-{index}", prompt, params, rank))
             except ValueError as exc:
-                raise bad_request(str(exc), "prompt") from None
+                raise bad_request(str(exc), getattr(exc, "param", "prompt")) from None  # InvalidParameter names it
         return prepared
 
     async def off_loop(self, function: Callable[..., T], *args: Any) -> T:

@@ -66,6 +66,13 @@ def test_round_trip(tok, text) -> None:
     assert tok.decode(tok.encode(text), skip_special_tokens=False) == text
 
 
+@pytest.mark.parametrize("text", ["x\ud800y", "\udfff", "ok \U0001f642 then \udbff"])
+def test_lone_surrogates_are_value_errors(tok, text) -> None:
+    # tokenizers itself raises a TypeError about its argument's type, which a caller cannot act on.
+    with pytest.raises(ValueError, match="lone UTF-16 surrogate"):
+        tok.encode(text)
+
+
 def test_special_tokens(tok) -> None:
     assert tok.encode("<|im_start|><|im_end|>") == [1, 2]
     assert tok.bos_token_id == 1 and tok.eos_token_id == 2 and tok.eos_token_ids == (2,)

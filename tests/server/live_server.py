@@ -42,6 +42,9 @@ def live_server(engine: AsyncEngine | None, config: ServerConfig | None = None, 
     config = config or ServerConfig(served_model_name=MODEL_NAME)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit this. Without it, a response's body written after its headers waits
+    # for the client's delayed ACK: about 40 ms per request (a server started by the CLI is not affected).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = replace(config, port=port)
