@@ -47,7 +47,7 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
     cache = serving.cache_use("chat/completions", body, params, [prompt["prompt"]], ctx)
     if (cached := await serving.cached_reply(cache, request_id, created, log)) is not None:
         return cached
-    prepared = await serving.prepare(request_id, [prompt], params, ctx.rank)
+    prepared = await serving.queue_prompts(request_id, [prompt], params, ctx.rank)
     log.prompt_tokens = len(prepared[0].prepared.prompt_token_ids)
     shape = _Shape(serving, request_id, created)
     if body.stream:

@@ -38,7 +38,7 @@ async def create_completion(serving: Serving, body: CompletionRequest, ctx: Requ
     if (cached := await serving.cached_reply(cache, request_id, created, log)) is not None:
         return cached
     prompts = [{"prompt_token_ids": p} if isinstance(p, list) else p for p in body.prompts()]
-    prepared = await serving.prepare(request_id, prompts, params, ctx.rank)
+    prepared = await serving.queue_prompts(request_id, prompts, params, ctx.rank)
     log.prompt_tokens = sum(len(q.prepared.prompt_token_ids) for q in prepared)
     shape = _Shape(serving, request_id, created, body.n)
     if body.stream:

@@ -132,7 +132,7 @@ def _admit(request: Request) -> tuple[Serving, float, int | None]:
     header = request.headers.get("x-priority")
     header_rank = None if header is None else _rank(state, header, "X-Priority")
     # Class 0 is the least likely to be refused; the request's own class is checked again, with
-    # its prompts' queue entry, once the body names it (Serving.prepare).
+    # its prompts' queue entry, once the body names it (Serving.queue_prompts).
     state.serving.check_class(0 if header_rank is None else header_rank)
     return state.serving, received, header_rank
 

@@ -118,7 +118,7 @@ class Serving:
             raise APIError(404, f"the model {requested!r} does not exist; this server serves {self.model_name!r}",
                            param="model", code="model_not_found")
 
-    async def prepare(self, request_id: str, prompts: Iterable[Prompt], params: SamplingParams,
+    async def queue_prompts(self, request_id: str, prompts: Iterable[Prompt], params: SamplingParams,
                       rank: int) -> list[QueuedPrompt]:
         """Tokenize and validate every prompt before any reaches the engine (all or nothing), on a
         worker thread: a long prompt must not stall every other request's event loop. The class is
