@@ -119,7 +119,7 @@ class Serving:
                            param="model", code="model_not_found")
 
     async def queue_prompts(self, request_id: str, prompts: Iterable[Prompt], params: SamplingParams,
-                      rank: int) -> list[QueuedPrompt]:
+                            rank: int) -> list[QueuedPrompt]:
         """Tokenize and validate every prompt before any reaches the engine (all or nothing), on a
         worker thread: a long prompt must not stall every other request's event loop. The class is
         checked before (no tokenizer spent on a request that would be refused) and again after, with
