@@ -7,17 +7,20 @@ import json
 import os
 import pty
 import select
+import sys
 import termios
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from llmserve import chat_cli
 from llmserve.chat_cli import sampling_settings
 from llmserve.cli import build_parser, main
 from llmserve.model.tokenizer import Tokenizer
 from llmserve.terminal import typing_hidden
-from tests.timing import wait_until
+from tests.timing import PATIENCE_S, wait_until
 from tests.tiny_models import save_tiny_chat_model
 
 
@@ -58,6 +61,18 @@ def test_generate_stays_greedy_and_help_shows_the_defaults(capsys: pytest.Captur
     assert "generation_config.json, else 0.7" in " ".join(capsys.readouterr().out.split())
 
 
+def record_what_the_model_is_sent(monkeypatch: pytest.MonkeyPatch) -> list[list[dict]]:
+    sent: list[list[dict]] = []
+    render_chat = Tokenizer.render_chat
+
+    def recording_render_chat(self: Tokenizer, messages: list[dict], *args, **kwargs) -> dict:
+        sent.append([dict(m) for m in messages])
+        return render_chat(self, messages, *args, **kwargs)
+
+    monkeypatch.setattr(Tokenizer, "render_chat", recording_render_chat)
+    return sent
+
+
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-chat")
@@ -76,15 +91,8 @@ def test_a_reply_cut_off_at_the_token_limit_is_not_kept(chat_model: Path, monkey
             raise EOFError  # Ctrl-D
         return line
 
-    sent: list[list[dict]] = []
-    render_chat = Tokenizer.render_chat
-
-    def recording_render_chat(self: Tokenizer, messages: list[dict], *args, **kwargs) -> dict:
-        sent.append([dict(m) for m in messages])
-        return render_chat(self, messages, *args, **kwargs)
-
+    sent = record_what_the_model_is_sent(monkeypatch)
     monkeypatch.setattr("builtins.input", fake_input)
-    monkeypatch.setattr(Tokenizer, "render_chat", recording_render_chat)
     code = main(["chat", "--model", str(chat_model), "--system", "Be brief.", "--max-tokens", "3",
                  "--temperature", "0", "--max-model-len", "256", "--kv-cache-memory", "64MiB"])
     out = capsys.readouterr().out
@@ -146,3 +154,56 @@ def test_the_terminal_is_restored_after_ctrl_c() -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_chat_on_a_terminal_neither_shows_nor_sends_what_is_typed_during_a_reply(
+        chat_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole command on a pseudo-terminal: the test types a message at the prompt, types again
+    as the reply's first piece is written, then /exit at the next prompt; it reads what the
+    terminal shows. No timing: each step waits for the one before it."""
+    master, slave = pty.openpty()
+    shown = bytearray()
+    done = threading.Event()
+
+    def user() -> None:  # reads the screen; answers each prompt
+        for answer in (b"Hello\n", b"/exit\n"):
+            prompts = shown.count(b"> ") + 1
+            while shown.count(b"> ") < prompts and not done.is_set():
+                if select.select([master], [], [], 0.05)[0]:
+                    shown.extend(os.read(master, 1024))
+            os.write(master, answer)
+        while not done.is_set():
+            if select.select([master], [], [], 0.05)[0]:
+                shown.extend(os.read(master, 1024))
+
+    typed_during_reply = threading.Event()
+
+    def write_and_type(chunk: str) -> None:
+        if not typed_during_reply.is_set():
+            typed_during_reply.set()
+            os.write(master, b"sneaky\n")
+            assert wait_until(lambda: _pending(slave))  # the terminal has taken in the typing
+        write_flushed(chunk)
+
+    write_flushed = chat_cli.write_flushed
+    monkeypatch.setattr(chat_cli, "write_flushed", write_and_type)
+    sent = record_what_the_model_is_sent(monkeypatch)
+    reader = threading.Thread(target=user, daemon=True)
+    try:
+        with open(slave, closefd=False) as terminal_in, open(slave, "w", closefd=False) as terminal_out:
+            monkeypatch.setattr(sys, "stdin", terminal_in)
+            monkeypatch.setattr(sys, "stdout", terminal_out)
+            reader.start()
+            code = main(["chat", "--model", str(chat_model), "--max-tokens", "3", "--temperature", "0",
+                         "--max-model-len", "256", "--kv-cache-memory", "64MiB"])
+            terminal_out.flush()
+    finally:
+        done.set()
+        reader.join(PATIENCE_S)
+        os.close(master)
+        os.close(slave)
+    assert code == 0 and typed_during_reply.is_set()
+    screen = bytes(shown).decode(errors="replace")
+    assert "> Hello" in screen and "> /exit" in screen  # what is typed at a prompt shows, as it should
+    assert "sneaky" not in screen
+    assert sent == [[{"role": "user", "content": "Hello"}]]  # and it never reached the model
