@@ -104,7 +104,8 @@ def stream(llm, prompt: str | dict, params: SamplingParams, write: Callable[[str
     except KeyboardInterrupt:
         engine.abort_request(request_id)
         raise
-    assert final is not None, "the engine finished the request without an output"
+    if final is None:
+        raise RuntimeError("the engine finished the request without an output")
     return final
 
 
