@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -51,21 +52,20 @@ async def stream(client: httpx.AsyncClient, url: str, priority: str, max_tokens:
 
 
 class StepGate:
-    """Holds the engine between steps: the test lets through a counted number of steps, or all."""
+    """Holds the engine before each step while `hold()` is true, until open(). `hold` is read on the
+    engine's thread, so a condition on what the steps did stops the engine exactly there."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: Callable[[], bool]) -> None:
         self._cond = threading.Condition()
-        self._allowed = 0
+        self._hold = hold
         self._open = False
 
     def wait(self) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self._open or self._allowed > 0, timeout=PATIENCE_S)
-            self._allowed = max(0, self._allowed - 1)
+            self._cond.wait_for(lambda: self._open or not self._hold(), timeout=PATIENCE_S)
 
-    def allow(self, steps: int) -> None:
+    def recheck(self) -> None:
         with self._cond:
-            self._allowed += steps
             self._cond.notify_all()
 
     def open(self) -> None:
@@ -75,10 +75,15 @@ class StepGate:
 
 
 def test_under_overload_p3_is_shed_and_p0_is_served_first(narrow_engine, monkeypatch):
-    gate = StepGate()
-    original_step = narrow_engine.engine.step
-
     steps: list[list[tuple[str, int, bool]]] = []  # per engine step: (request, tokens so far, finished)
+    starting = threading.Event()
+
+    def started() -> int:
+        return len({request_id for outputs in steps for request_id, tokens, _ in outputs if tokens})
+
+    # Still until the test says go; then steps until two requests have their first token, then still.
+    gate = StepGate(hold=lambda: not starting.is_set() or started() >= 2)
+    original_step = narrow_engine.engine.step
 
     def gated_step():
         gate.wait()
@@ -99,7 +104,8 @@ def test_under_overload_p3_is_shed_and_p0_is_served_first(narrow_engine, monkeyp
             async with httpx.AsyncClient(timeout=PATIENCE_S) as client:
                 background = [asyncio.create_task(stream(client, url, "p3", 120)) for _ in range(6)]
                 await until(lambda: shedder.total_queued == 4 and sum(t.done() for t in background) == 2)
-                gate.allow(1)  # one step: both running slots take a p3 request, two stay queued
+                starting.set()  # both running slots take a p3 request, two stay queued
+                gate.recheck()
                 await until(lambda: shedder.queued[3] == 2)
                 urgent = [asyncio.create_task(stream(client, url, "p0", 5)) for _ in range(2)]
                 await until(lambda: shedder.queued[0] == 2)  # both p0 requests wait behind nothing
