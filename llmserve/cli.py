@@ -6,15 +6,15 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from llmserve.bench.cli import add_bench_parser
+from llmserve.chat_cli import CHAT_FALLBACK, GREEDY, add_sampling_args, run_chat, sampling_params, stream
 from llmserve.config import parse_size
 from llmserve.eval.cli import add_eval_parser
-from llmserve.sampling_params import SamplingParams
 from llmserve.server.api_key import API_KEY_ENV, resolve_api_key
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
+from llmserve.terminal import write_flushed
 from llmserve.units import parse_duration_s
 
 
@@ -62,18 +62,6 @@ def _quant_detail_args(group: argparse._ActionsContainer) -> None:
                        help="modules kept in full precision, paths or globs, e.g. lm_head,layers.0")
 
 
-def _sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
-    group = parser.add_argument_group("sampling")
-    group.add_argument("--max-tokens", type=int, default=max_tokens)
-    group.add_argument("--temperature", type=float, default=0.0)
-    group.add_argument("--top-p", type=float, default=1.0)
-    group.add_argument("--top-k", type=int, default=0)
-    group.add_argument("--min-p", type=float, default=0.0)
-    group.add_argument("--repetition-penalty", type=float, default=1.0)
-    group.add_argument("--sampling-seed", type=int, default=None, help="seed for this request's sampling")
-    group.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-
-
 def _engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(model=args.model, dtype=args.dtype, load_format=args.load_format, max_model_len=args.max_model_len,
                 kv_cache_memory=args.kv_cache_memory, block_size=args.block_size,
@@ -96,78 +84,18 @@ def _make_llm(args: argparse.Namespace):
     return LLM(**_engine_kwargs(args))
 
 
-def _params(args: argparse.Namespace) -> SamplingParams:
-    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                          seed=args.sampling_seed, stop=args.stop)
-
-
-def stream(llm, prompt: str | dict, params: SamplingParams, write: Callable[[str], object]) -> str:
-    """Run one request to completion, writing text as it is produced; returns the whole text."""
-    engine = llm.engine
-    request_id = f"cli-{time.monotonic_ns()}"
-    engine.add_request(request_id, prompt, params)
-    text = ""
-    try:
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.request_id != request_id:
-                    continue
-                if out.error:
-                    raise RuntimeError(out.error)
-                write(out.outputs[0].delta_text)
-                text = out.outputs[0].text
-    except KeyboardInterrupt:
-        engine.abort_request(request_id)
-        raise
-    return text
-
-
-def _write(chunk: str) -> None:
-    sys.stdout.write(chunk)
-    sys.stdout.flush()
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     llm = _make_llm(args)
     prompt: str | dict = args.prompt
     if args.chat:
         prompt = llm.tokenizer.render_chat([{"role": "user", "content": args.prompt}])
-    stream(llm, prompt, _params(args), _write)
-    _write("\n")
+    stream(llm, prompt, sampling_params(args), write_flushed)
+    write_flushed("\n")
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    llm = _make_llm(args)
-    messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
-    print("llmserve chat: type a message; /reset clears the conversation, /exit or Ctrl-D quits.")
-    while True:
-        try:
-            line = input("\n> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return 0
-        if line in ("/exit", "/quit"):
-            return 0
-        if line == "/reset":
-            messages = messages[:1] if args.system else []
-            continue
-        if not line:
-            continue
-        messages.append({"role": "user", "content": line})
-        prompt = llm.tokenizer.render_chat(messages)
-        try:
-            reply = stream(llm, prompt, _params(args), _write)
-        except KeyboardInterrupt:
-            print("\n[interrupted]")
-            messages.pop()
-            continue
-        except ValueError as exc:  # e.g. the conversation outgrew the context
-            print(f"error: {exc}")
-            messages.pop()
-            continue
-        messages.append({"role": "assistant", "content": reply})
+    return run_chat(_make_llm(args), args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -267,12 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     _engine_args(gen)
-    _sampling_args(gen, max_tokens=64)
+    add_sampling_args(gen, {**GREEDY, "max_tokens": 64}, from_model=False)
     gen.set_defaults(func=cmd_generate)
     chat = sub.add_parser("chat", help="interactive chat that streams the reply")
     chat.add_argument("--system", default=None, help="system prompt")
     _engine_args(chat)
-    _sampling_args(chat, max_tokens=512)
+    add_sampling_args(chat, {**CHAT_FALLBACK, "max_tokens": 512}, from_model=True)
     chat.set_defaults(func=cmd_chat)
     _quantize_parser(sub)
     add_eval_parser(sub)

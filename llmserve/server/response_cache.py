@@ -92,15 +92,18 @@ class MemoryResponseCache:
 
 
 class RedisResponseCache:
-    def __init__(self, url: str, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, url: str, ttl_s: float, clock: Callable[[], float] = time.monotonic,
+                 timeout_s: float | None = None) -> None:
+        """`timeout_s` bounds each Redis call (default REDIS_TIMEOUT_S, read now, so tests on a busy
+        machine can raise it: a call that takes longer is a miss)."""
         try:
             from redis import asyncio as redis_asyncio
         except ImportError:
             raise ValueError("a Redis response cache needs the redis package: pip install 'llmserve[redis]'") from None
         if ttl_s <= 0:
             raise ValueError("a response cache needs a positive TTL")
-        self.client = redis_asyncio.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
-                                                   socket_connect_timeout=REDIS_TIMEOUT_S)
+        timeout_s = REDIS_TIMEOUT_S if timeout_s is None else timeout_s
+        self.client = redis_asyncio.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.ttl_ms = max(1, round(ttl_s * 1000))
         self.clock = clock
         self.stats = ResponseCacheStats()

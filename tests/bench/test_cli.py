@@ -6,20 +6,50 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from llmserve.bench.report import ms
+from llmserve.bench.workload import arrival_times
 from llmserve.cli import main
 from tests.bench.fake_openai import MODEL_ID, Script, scripted, threaded_fake_server
 from tests.net import free_port
 
-TOL_S = 0.02  # timer and scheduling slack on a busy 2-core machine
-LATE_S = 0.06  # a loaded machine only ever makes a scripted delay longer
+EARLY_S = 0.005  # timer granularity: a measured delay is never shorter than its script by more
+PERCENTILES = {"median": 50, "p90": 90, "p95": 95, "p99": 99}
 
 
-def assert_near(measured: float, scripted: float, what: object = "") -> None:
-    """Measured from the scripted delays: never more than timer noise early, at most LATE_S late."""
-    assert scripted - 0.005 <= measured <= scripted + LATE_S, (what, measured, scripted)
+def assert_not_early(measured: float, scripted: float, what: object = "") -> None:
+    """A busy machine makes a scripted delay longer by any amount, never shorter: only the lower
+    bound is certain. (It can shorten a gap between chunks: a chunk read late, the next on time.)"""
+    assert measured >= scripted - EARLY_S, (what, measured, scripted)
+
+
+def per_request(requests: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Each latency metric's samples, from the times the run recorded for its successful requests."""
+    ok = [r for r in requests if r["ok"]]
+    ttft = [r["first_token_time"] - r["send_time"] for r in ok]
+    e2el = [r["end_time"] - r["send_time"] for r in ok]
+    tpot = [(e - t) / (r["output_tokens"] - 1) for r, t, e in zip(ok, ttft, e2el, strict=True)
+            if r["output_tokens"] > 1]
+    itl = [b - a for r in ok for a, b in zip(r["chunk_times"], r["chunk_times"][1:], strict=False)]
+    return {"ttft": ttft, "tpot": tpot, "itl": itl, "e2el": e2el}
+
+
+def assert_figures_are_the_records(summary: dict[str, Any], requests: list[dict[str, Any]]) -> None:
+    """Every latency figure is numpy's statistic of the recorded per-request times: how the figures
+    are computed is tested exactly, whatever the machine made of the scripted delays."""
+    for metric, values in per_request(requests).items():
+        figures = summary[metric]
+        assert figures["count"] == len(values), metric
+        assert figures["mean"] == pytest.approx(np.mean(values)), metric
+        for stat, q in PERCENTILES.items():
+            assert figures[stat] == pytest.approx(np.percentile(values, q)), (metric, stat)
+
+
+def meets(request: dict[str, Any], ttft_s: float, tpot_s: float = float("inf")) -> bool:
+    samples = per_request([request])
+    return samples["ttft"][0] <= ttft_s and all(t <= tpot_s for t in samples["tpot"])
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # Request k (in arrival order) waits FIRST[k] for its first chunk, then GAP[k] between its 5 chunks.
@@ -54,29 +84,27 @@ def test_every_figure_matches_the_hand_computed_value(tmp_path: Path, capsys: py
     assert all(b["model"] == MODEL_ID and len(b["prompt"]) == 7 and b["max_tokens"] == 5 for b in bodies)
     assert (s["completed"], s["failed"], s["errors_by_status"]) == (4, 0, {})
     assert (s["prompt_tokens"], s["output_tokens"]) == (4 * 3, 4 * CHUNKS)  # from the usage chunks
+    assert_figures_are_the_records(s, data["requests"])
+    # The hand-computed figures of the script, as lower bounds: TTFT = FIRST, E2EL = FIRST + 4 GAP.
+    # Order statistics and their interpolations only grow when every sample does.
     expected = {  # seconds; numpy-style interpolated percentiles of the scripted values
-        # TTFT = FIRST: 100, 200, 300, 400 ms
-        "ttft": {"mean": 0.25, "median": 0.25, "p90": 0.37, "p95": 0.385, "p99": 0.397},
-        # TPOT = 4 gaps / (5 - 1) tokens = GAP
-        "tpot": {"mean": 0.05, "median": 0.05, "p90": 0.074, "p95": 0.077, "p99": 0.0794},
-        # ITL pools 4 gaps of each GAP: 16 values
-        "itl": {"mean": 0.05, "median": 0.05, "p90": 0.08, "p95": 0.08, "p99": 0.08},
-        # E2EL = FIRST + 4 GAP: 180, 360, 540, 720 ms
-        "e2el": {"mean": 0.45, "median": 0.45, "p90": 0.666, "p95": 0.693, "p99": 0.7146},
+        "ttft": {"mean": 0.25, "median": 0.25, "p90": 0.37, "p95": 0.385, "p99": 0.397},  # 100..400 ms
+        "e2el": {"mean": 0.45, "median": 0.45, "p90": 0.666, "p95": 0.693, "p99": 0.7146},  # 180..720 ms
     }
     for metric, stats in expected.items():
         for stat, value in stats.items():
-            assert_near(s[metric][stat], value, (metric, stat))
+            assert_not_early(s[metric][stat], value, (metric, stat))
     assert s["itl"]["count"] == 16 and s["ttft"]["count"] == 4
     duration = s["duration_s"]
-    assert_near(duration, 0.72, "duration")  # the slowest request's E2EL
+    assert_not_early(duration, 0.72, "duration")  # at least the slowest request's scripted E2EL
     assert s["request_throughput"] == pytest.approx(4 / duration)
     assert s["output_throughput"] == pytest.approx(20 / duration)
     assert s["total_token_throughput"] == pytest.approx(32 / duration)
-    # Only request 0 meets both targets: 1 has TPOT 40 ms, 2 and 3 miss TTFT too (delays only grow,
-    # so those misses are certain; the margins leave request 0 room for 70 ms / 15 ms of lateness).
-    assert s["slo_attainment"] == pytest.approx(0.25)
-    assert s["goodput"] == pytest.approx(1 / duration)
+    # Requests 2 and 3 (TTFT 300, 400 ms) miss the 270 ms target however fast the machine; whether
+    # 0 and 1 meet theirs depends on it, so attainment is checked against what was recorded.
+    met = sum(meets(r, 0.27, 0.035) for r in data["requests"])
+    assert met <= 2 and s["slo_attainment"] == pytest.approx(met / 4)
+    assert s["goodput"] == pytest.approx(met / duration)
     assert s["cost_usd"] == pytest.approx(36 * duration / 3600)  # $36/h is one cent a second
     assert s["cost_per_million_output_tokens"] == pytest.approx(0.01 * duration / 20 * 1e6)
     assert data["by_priority"] == {}
@@ -92,7 +120,7 @@ def test_the_table_prints_the_json_figures(tmp_path: Path, capsys: pytest.Captur
     for stat in ("mean", "median", "p90", "p95", "p99"):
         assert ms(s["ttft"][stat]) in ttft_row
     assert "4 completed, 0 failed" in out
-    assert f"{s['goodput']:.2f} req/s meeting ttft <= 250 ms; SLO attainment 50.0%" in out
+    assert f"{s['goodput']:.2f} req/s meeting ttft <= 250 ms; SLO attainment {s['slo_attainment']:.1%}" in out
     assert f"${s['cost_per_million_output_tokens']:,.3f} per 1M output tokens" in out
 
 
@@ -110,12 +138,16 @@ def test_figures_per_priority_class(tmp_path: Path, capsys: pytest.CaptureFixtur
     p0, p2, s = data["by_priority"]["p0"], data["by_priority"]["p2"], data["summary"]
     duration = s["duration_s"]
     assert (p0["completed"], p2["completed"]) == (2, 6)
-    assert_near(p0["ttft"]["median"], 0.05)
-    assert_near(p2["ttft"]["median"], 0.30)
-    assert_near(p0["tpot"]["median"], 0.01)
-    assert_near(p2["tpot"]["median"], 0.03)
-    assert (p0["slo_attainment"], p2["slo_attainment"], s["slo_attainment"]) == (1.0, 0.0, 0.25)
-    assert p0["goodput"] == pytest.approx(2 / duration) and p2["goodput"] == 0
+    for rank, summary in ((0, p0), (2, p2)):
+        assert_figures_are_the_records(summary, [r for r in data["requests"] if r["priority"] == rank])
+    assert_not_early(p0["ttft"]["median"], 0.05)
+    assert_not_early(p2["ttft"]["median"], 0.30)
+    # p2's scripted 300 ms TTFT misses the 150 ms target on any machine; p0's 50 ms meets it unless
+    # the machine added 100 ms, so p0 is checked against what was recorded.
+    p0_met = sum(meets(r, 0.15) for r in data["requests"] if r["priority"] == 0)
+    assert p2["slo_attainment"] == 0 and p2["goodput"] == 0
+    assert (p0["slo_attainment"], s["slo_attainment"]) == (p0_met / 2, p0_met / 8)
+    assert p0["goodput"] == pytest.approx(p0_met / duration)
     assert p0["duration_s"] == duration  # classes share the run's wall time
     assert p0["output_throughput"] == pytest.approx(10 / duration)
     # The machine's cost is split by output tokens: 2 of 8 requests' tokens are p0's.
@@ -183,9 +215,12 @@ def test_sweep_runs_each_rate_and_plots_the_curve(tmp_path: Path, capsys: pytest
     runs = json.loads((tmp_path / "sweep.json").read_text())["sweep"]
     assert [run["config"]["request_rate"] for run in runs] == [20.0, "inf"]
     assert [run["summary"]["completed"] for run in runs] == [3, 3] and len(bodies) == 6
-    # At 20 req/s the three sends are spread out; with inf they all leave at once.
+    # At 20 req/s the three sends are spread out (a send is never early, so this holds however
+    # slow the machine); with inf they are all due at once, which is the schedule's to say, since
+    # a busy machine may start them apart.
     spread = [max(r["send_time"] for r in run["requests"]) for run in runs]
-    assert spread[0] > 0.02 and spread[1] < 0.02
+    assert spread[0] > 0.02
+    assert arrival_times(3, float("inf")) == [0.0, 0.0, 0.0]
     assert "sweep over request rate" in out
     assert (tmp_path / "plots" / "sweep.png").read_bytes()[:8] == PNG_MAGIC
     assert (tmp_path / "plots" / "rate_inf" / "latency_cdf.png").exists()
@@ -234,7 +269,7 @@ def test_a_stalled_server_times_out_per_request(tmp_path: Path, capsys: pytest.C
     s = data["summary"]
     assert s["completed"] == 0 and s["errors_by_status"] == {"stream": 2}  # headers came, tokens did not
     assert all("Timeout" in e for e in s["first_errors"])
-    assert s["duration_s"] < 1.0
+    assert s["duration_s"] < 5.0  # had the client waited for the server's first chunk, at least 5 s
 
 
 def test_a_sweep_against_a_dead_server_counts_every_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

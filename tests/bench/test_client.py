@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
+import time
 from typing import Any
 
 import aiohttp
@@ -21,7 +21,8 @@ FIRST_DELAY_S = 0.05
 GAP_S = 0.02
 TEXTS = ["a", "b", "c", "d", "e"]
 USAGE_TOKENS = 6  # one more than the text chunks: the last token decoded to no text
-TOLERANCE_S = 0.012  # timer and scheduling slack on a busy machine
+EARLY_S = 0.005  # timer granularity. A busy machine makes a scripted delay longer by any amount,
+# never shorter, so the tests bound times from below only.
 REQUEST = BenchRequest([101, 102, 103], output_len=USAGE_TOKENS, input_len=3)
 
 
@@ -86,10 +87,15 @@ def test_stream_timings_follow_the_script() -> None:
     assert result.output_tokens == USAGE_TOKENS  # from usage, not the 5 text chunks
     assert result.prompt_tokens == 3
     assert len(result.chunk_times) == len(TEXTS)
-    assert request_ttft(result) == pytest.approx(FIRST_DELAY_S, abs=TOLERANCE_S)
-    assert statistics.median(request_itls(result)) == pytest.approx(GAP_S, abs=TOLERANCE_S)
+    # Each chunk is timed no earlier than the server sent it: the first after FIRST_DELAY_S, the
+    # i-th i gaps later; E2EL (at the last chunk with choices, the textless 6th) 5 gaps after that.
+    for i, at in enumerate(result.chunk_times):
+        assert at - result.send_time >= FIRST_DELAY_S + i * GAP_S - EARLY_S, i
+    assert request_ttft(result) == result.chunk_times[0] - result.send_time
+    assert request_itls(result) == [b - a for a, b in zip(result.chunk_times, result.chunk_times[1:], strict=False)]
+    assert result.end_time - result.send_time >= FIRST_DELAY_S + 5 * GAP_S - EARLY_S
     # E2EL - TTFT spans 5 gaps (the last chunk has no text) over 6 - 1 tokens.
-    assert request_tpot(result) == pytest.approx(GAP_S, abs=TOLERANCE_S)
+    assert request_tpot(result) == pytest.approx((result.end_time - result.chunk_times[0]) / 5)
     assert bodies[0] == {"model": "m", "prompt": [101, 102, 103], "max_tokens": USAGE_TOKENS, "temperature": 0.0,
                          "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
 
@@ -136,11 +142,13 @@ def test_run_load_sends_at_the_arrival_offsets() -> None:
         async with fake_server(_scripted_stream) as (url, _):
             return await run_load(url + "/v1/", "m", [REQUEST] * 3, arrivals)
 
+    before = time.perf_counter()  # the run's start is later than this
     results = asyncio.run(go())
     assert all(r.ok for r in results)
-    start = results[0].send_time
-    for r, offset in zip(results, arrivals, strict=True):
-        assert r.send_time - start == pytest.approx(offset, abs=TOLERANCE_S)
+    sends = [r.send_time for r in results]
+    assert sends == sorted(sends)
+    for sent, offset in zip(sends, arrivals, strict=True):
+        assert sent - before >= offset - EARLY_S  # never early; how late is the machine's business
 
 
 def test_run_load_concurrency_cap_serializes() -> None:
@@ -154,7 +162,7 @@ def test_run_load_concurrency_cap_serializes() -> None:
     assert all(later.send_time >= earlier.end_time for earlier, later in zip(ordered, ordered[1:], strict=False))
     summary = summarize(results, wall_duration(results))
     assert summary.completed == 3 and summary.output_tokens == 3 * USAGE_TOKENS
-    assert summary.ttft.median == pytest.approx(FIRST_DELAY_S, abs=TOLERANCE_S)
+    assert summary.ttft.median >= FIRST_DELAY_S - EARLY_S  # each TTFT starts at its own send
 
 
 def test_run_load_rejects_token_prompts_for_chat_before_sending() -> None:
@@ -191,8 +199,7 @@ def test_a_stream_without_content_is_a_failure() -> None:
 def test_e2el_ends_at_the_last_chunk_not_at_done() -> None:
     result = asyncio.run(_one_scripted(Script(first_delay_s=0.01, gap_s=0.01, usage_tokens=5, done_delay_s=0.3)))
     assert result.ok and result.usage_reported
-    assert result.end_time - result.send_time < 0.15  # 0.05 of chunks, not the 0.3 s pause before [DONE]
-    assert request_tpot(result) == pytest.approx(0.01, abs=TOLERANCE_S)
+    assert result.end_time == result.chunk_times[-1]  # the last chunk, not the 0.3 s pause before [DONE]
 
 
 def test_reasoning_tokens_count_as_content_on_chat() -> None:

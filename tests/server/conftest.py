@@ -5,6 +5,7 @@ import pytest
 from llmserve.engine.async_engine import AsyncEngine
 from llmserve.server.app import ServerConfig
 from tests.server.live_server import MODEL_NAME, live_server
+from tests.timing import classes_without_targets
 from tests.tiny_models import save_tiny_chat_model
 
 NUM_BLOCKS = 256
@@ -21,8 +22,10 @@ def chat_model_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def engine(chat_model_path):
+    """The default classes without latency targets: no test here may be shed for a slow machine."""
     eng = AsyncEngine.from_args(str(chat_model_path), max_model_len=MAX_MODEL_LEN, block_size=BLOCK_SIZE,
-                                num_kv_blocks=NUM_BLOCKS, max_num_seqs=64)
+                                num_kv_blocks=NUM_BLOCKS, max_num_seqs=64,
+                                service_classes=classes_without_targets())
     yield eng
     eng.shutdown()
 

@@ -18,6 +18,7 @@ import uvicorn
 
 from llmserve.engine.async_engine import AsyncEngine
 from llmserve.server.app import ServerConfig, ServerState, build_app
+from tests.timing import PATIENCE_S
 
 MODEL_NAME = "tiny-chat"
 
@@ -63,11 +64,11 @@ def live_server(engine: AsyncEngine | None, config: ServerConfig | None = None, 
         sock.close()
 
 
-def wait_healthy(url: str, timeout: float = 60.0) -> None:
+def wait_healthy(url: str, timeout: float = PATIENCE_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
+            if httpx.get(url + "/health", timeout=timeout).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -78,7 +79,7 @@ def wait_healthy(url: str, timeout: float = 60.0) -> None:
 def scrape(url: str) -> dict[str, float]:
     """Prometheus text -> {'name{labels}': value} for the llmserve: series."""
     values = {}
-    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+    for line in httpx.get(url + "/metrics", timeout=PATIENCE_S).text.splitlines():
         if line.startswith("llmserve:"):
             key, _, value = line.rpartition(" ")
             values[key] = float(value)

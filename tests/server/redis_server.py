@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.net import free_port
+from tests.timing import PATIENCE_S
 
 
 @dataclass
@@ -27,12 +28,12 @@ class RedisServer:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=PATIENCE_S)
 
 
 def _answers_ping(port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
@@ -50,7 +51,7 @@ def redis_server() -> Iterator[RedisServer]:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(port, process)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + PATIENCE_S
         while not _answers_ping(port):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {port}")

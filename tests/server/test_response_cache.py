@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
 from llmserve.sampling_params import SamplingParams
 from llmserve.server.cached_responses import NO_CACHE, ResponseCacheFront
 from llmserve.server.protocol import ChatCompletionRequest, CompletionRequest
-from llmserve.server.response_cache import MemoryResponseCache, RedisResponseCache, open_response_cache
+from llmserve.server.response_cache import (
+    REDIS_KEY_PREFIX,
+    MemoryResponseCache,
+    RedisResponseCache,
+    open_response_cache,
+)
 from tests.server.redis_server import redis_server
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.timing import PATIENCE_S, FakeClock
 
 
 def run(coro):
@@ -48,7 +47,7 @@ def test_memory_cache_is_lru_bounded_in_bytes():
 
 
 def test_memory_cache_entries_expire():
-    clock = Clock()
+    clock = FakeClock()
     cache = MemoryResponseCache(capacity_bytes=100, ttl_s=10, clock=clock)
 
     async def scenario():
@@ -77,26 +76,32 @@ def test_open_response_cache_reads_sizes_and_urls():
 def test_redis_cache_round_trip_and_ttl():
     with redis_server() as server:
         async def scenario():
-            writer = RedisResponseCache(server.url, ttl_s=0.3)
-            reader = RedisResponseCache(server.url, ttl_s=0.3)  # another replica
+            writer = RedisResponseCache(server.url, ttl_s=60, timeout_s=PATIENCE_S)
+            reader = RedisResponseCache(server.url, ttl_s=60, timeout_s=PATIENCE_S)  # another replica
             await writer.put("key", b"\x00bytes\xff")
             assert await reader.get("key") == b"\x00bytes\xff"
             assert await reader.get("other") is None
-            await asyncio.sleep(0.4)
-            assert await reader.get("key") is None
-            await writer.close()
-            await reader.close()
+            # Expiry is Redis's job: the entry carries the TTL (a sleep past it would race a busy machine).
+            assert 0 < await writer.client.pttl(REDIS_KEY_PREFIX + "key") <= 60_000
+            brief = RedisResponseCache(server.url, ttl_s=0.05, timeout_s=PATIENCE_S)
+            await brief.put("brief", b"gone soon")
+            deadline = time.monotonic() + PATIENCE_S
+            while await brief.get("brief") is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert await brief.get("brief") is None
+            for cache in (writer, reader, brief):
+                await cache.close()
             return reader.stats
 
         stats = run(scenario())
-    assert (stats.lookups, stats.hits, stats.errors) == (3, 1, 0)
+    assert (stats.lookups, stats.hits, stats.errors) == (2, 1, 0)
 
 
 def test_redis_down_is_a_miss_and_one_warning(caplog):
-    clock = Clock()
+    clock = FakeClock()
     with redis_server() as server:
         async def scenario():
-            cache = RedisResponseCache(server.url, ttl_s=60, clock=clock)
+            cache = RedisResponseCache(server.url, ttl_s=60, clock=clock, timeout_s=PATIENCE_S)
             await cache.put("key", b"v")
             server.stop()
             with caplog.at_level(logging.WARNING, logger="llmserve.server"):
