@@ -96,10 +96,13 @@ def _real_path(location: list[str | int], data: Any) -> list[str | int]:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+_MAX_INT_DIGITS = 4300
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a 400 for anything Python's json would choke on later, not just now."""
     try:
-        body = json.loads(raw, parse_constant=_no_constants)
+        body = json.loads(raw, parse_constant=_no_constants, parse_int=_bounded_int)
     except RecursionError:  # the decoder recurses once per level of nesting
         raise APIError(400, "the request body is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, or an integer of more than 4300 digits
@@ -109,6 +112,14 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     if _SURROGATE_ESCAPE.search(raw):
         _check_unicode(body)
     return body
+
+
+def _bounded_int(digits: str) -> int:
+    # Python refuses to convert more than sys.get_int_max_str_digits() digits (4300), and its message
+    # would tell the client to call sys.set_int_max_str_digits().
+    if len(digits.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(digits.lstrip('-'))} digits (the limit is {_MAX_INT_DIGITS})")
+    return int(digits)
 
 
 def _no_constants(name: str) -> Any:
