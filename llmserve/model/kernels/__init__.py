@@ -21,7 +21,11 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _SOURCE_DIR = Path(__file__).parent
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11"]
+# Linked in a second step without -ffast-math: linked with it, gcc adds crtfastmath.o, whose
+# constructor turns on flush-to-zero for the whole process when the library loads, so torch and
+# every other library in it would silently lose subnormal floats.
+_LINK_FLAGS = ["-shared", "-fopenmp"]
 
 
 def _cache_dir() -> Path:
@@ -36,7 +40,8 @@ def _compile(source: Path) -> Path | None:
         return None
     # The machine is part of the key: -march=native code must not be reused on another CPU.
     headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))  # what sources include
-    key = hashlib.sha256(source.read_bytes() + headers + " ".join(_FLAGS).encode() + platform.processor().encode()
+    flags = " ".join(_FLAGS + _LINK_FLAGS).encode()
+    key = hashlib.sha256(source.read_bytes() + headers + flags + platform.processor().encode()
                          + platform.machine().encode() + _cpu_flags().encode()).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():
@@ -44,13 +49,22 @@ def _compile(source: Path) -> Path | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *_FLAGS, str(source), "-o", str(built), "-lmvec", "-lm"],
-                                capture_output=True, text=True)
+        result = _build(compiler, source, built)
         if result.returncode != 0:
             logger.warning("compiling %s failed; using pure torch:\n%s", source.name, result.stderr[-2000:])
             return None
         os.replace(built, target)  # atomic, so concurrent processes never load a half-written file
     return target
+
+
+def _build(compiler: str, source: Path, built: Path) -> subprocess.CompletedProcess:
+    """Compile, then link separately (see _LINK_FLAGS)."""
+    obj = built.with_suffix(".o")
+    result = subprocess.run([compiler, *_FLAGS, "-c", str(source), "-o", str(obj)], capture_output=True, text=True)
+    if result.returncode != 0:
+        return result
+    return subprocess.run([compiler, *_LINK_FLAGS, str(obj), "-o", str(built), "-lmvec", "-lm"],
+                          capture_output=True, text=True)
 
 
 def _cpu_flags() -> str:
