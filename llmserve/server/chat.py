@@ -40,7 +40,7 @@ def render_prompt(serving: Serving, body: ChatCompletionRequest) -> dict[str, An
 
 async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, ctx: RequestContext) -> Response:
     serving.check_model(body.model)
-    params = body.sampling_params(body.requested_max_tokens, body.num_logprobs)
+    params = body.params
     request_id, created = new_id("chatcmpl"), int(time.time())
     log = RequestLog(request_id, ctx.received)
     prompt = await serving.off_loop(render_prompt, serving, body)  # a template over long messages takes a while

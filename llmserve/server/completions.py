@@ -31,7 +31,7 @@ async def create_completion(serving: Serving, body: CompletionRequest, ctx: Requ
     serving.check_model(body.model)
     if body.echo:
         raise bad_request("echo is not supported", "echo")
-    params = body.sampling_params(body.max_tokens, body.logprobs)
+    params = body.params
     request_id, created = new_id("cmpl"), int(time.time())
     log = RequestLog(request_id, ctx.received)
     cache = serving.cache_use("completions", body, params, body.prompts(), ctx)

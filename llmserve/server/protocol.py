@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from llmserve.sampling_params import (
     MAX_LOGPROBS,
@@ -54,6 +63,7 @@ class _SamplingFields(BaseModel):
     stop_token_ids: list[StrictInt] | None = None
     skip_special_tokens: StrictBool = True
     include_stop_str_in_output: StrictBool = False
+    _params: SamplingParams = PrivateAttr()
     priority: Any = None  # a service class: its rank or name; None: the default class
     cache: StrictBool | None = None  # false: neither read nor stored by the response cache
 
@@ -75,8 +85,13 @@ class _SamplingFields(BaseModel):
     @model_validator(mode="after")
     def _sampling_params_are_valid(self) -> _SamplingFields:
         # SamplingParams raises InvalidParameter (a ValueError), which pydantic keeps in the error's ctx.
-        self.sampling_params(*self._limits())
+        self._params = self.sampling_params(*self._limits())
         return self
+
+    @property
+    def params(self) -> SamplingParams:
+        """The SamplingParams built (and so checked) while the body was validated."""
+        return self._params
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         return SamplingParams(
