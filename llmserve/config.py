@@ -96,12 +96,13 @@ def _sliding_window(cfg: dict[str, Any]) -> int | None:
 @dataclass(frozen=True)
 class CacheConfig:
     block_size: int = 16
-    kv_cache_memory: int = 2 << 30  # bytes for the whole KV pool
+    kv_cache_memory: int | None = 2 << 30  # bytes for the whole KV pool; None: sized from the GPU's memory
+    gpu_memory_utilization: float = 0.9  # with kv_cache_memory None: the share of the GPU the engine may use
     num_blocks: int | None = None  # overrides kv_cache_memory when set (tests)
     enable_prefix_caching: bool = True  # reuse full KV blocks across requests that share a prefix
 
     def __post_init__(self) -> None:
-        _at_least_one(block_size=self.block_size, kv_cache_memory=self.kv_cache_memory,
+        _at_least_one(block_size=self.block_size, kv_cache_memory=self.kv_cache_memory or 1,
                       num_kv_blocks=1 if self.num_blocks is None else self.num_blocks)
 
 
@@ -130,6 +131,8 @@ class EngineConfig:
     dtype: str = "float32"
     load_format: str = "auto"  # auto | safetensors | gguf | dummy
     device: str = "cpu"
+    backend: str = "auto"  # auto | cpu | torch | cuda (backends/select.py)
+    enforce_eager: bool = False  # no CUDA graphs
     seed: int = 0
     num_threads: int | None = None
     max_model_len: int | None = None

@@ -6,19 +6,30 @@ from collections import OrderedDict
 
 import torch
 
+from llmserve.backends.base import AttentionBackend, KVCacheSpec
+from llmserve.backends.select import select_backend
 from llmserve.engine.block_manager import BlockManager
 from llmserve.engine.request import Request
-from llmserve.model.attention import allocate_kv_cache
-from llmserve.runner.input_batch import build_inputs
+from llmserve.engine.scheduler_output import ScheduledSequence, SchedulerOutput
+from llmserve.runner.step_batch import build_step_batch
 from llmserve.sampling_params import SamplingParams
 
 
-def paged_logits(loaded, prompts: list[list[int]], chunk: int | None = None, block_size: int = 4) -> list[torch.Tensor]:
+def step_of(scheduled: list[tuple[Request, int]]) -> SchedulerOutput:
+    """The runner's message for computing `n` more tokens of each request (no sampling)."""
+    return SchedulerOutput([ScheduledSequence(r.token_slice(r.num_computed_tokens, r.num_computed_tokens + n),
+                                              r.num_computed_tokens, r.block_ids, None) for r, n in scheduled])
+
+
+def paged_logits(loaded, prompts: list[list[int]], chunk: int | None = None, block_size: int = 4,
+                 backend: AttentionBackend | None = None) -> list[torch.Tensor]:
     """Logits for every position of every prompt, all prompts in one batch (optionally chunked)."""
     cfg = loaded.config
+    backend = backend or select_backend("cpu")
     manager = BlockManager(256, block_size)
-    caches = allocate_kv_cache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, block_size,
-                               next(loaded.model.parameters()).dtype, "cpu")
+    dtype = next(loaded.model.parameters()).dtype
+    caches = backend.allocate_kv_cache(KVCacheSpec(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, block_size, dtype),
+                                       256)
     requests = [Request(str(i), str(i), 0, list(p), SamplingParams(), 16, ()) for i, p in enumerate(prompts)]
     logits: list[list[torch.Tensor]] = [[] for _ in prompts]
     with torch.inference_mode():
@@ -30,9 +41,8 @@ def paged_logits(loaded, prompts: list[list[int]], chunk: int | None = None, blo
                     manager.allocate(r, n)
                     scheduled.append((r, n))
             scheduled.sort(key=lambda item: item[1] != 1)
-            inputs = build_inputs(scheduled, block_size, torch.device("cpu"))
-            hidden = loaded.model(inputs.input_ids, inputs.positions, caches, inputs.attention)
-            all_logits = loaded.model.compute_logits(hidden).float()
+            batch = build_step_batch(step_of(scheduled), block_size, all_logits=True)
+            all_logits = loaded.model.compute_logits(backend.forward(loaded.model, batch, caches)).float().cpu()
             row = 0
             for r, n in scheduled:
                 logits[int(r.request_id)].append(all_logits[row:row + n])

@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from llmserve.backends.base import KVCacheSpec
+from llmserve.backends.select import select_backend
 from llmserve.config import EngineConfig, SchedulerConfig
 from llmserve.engine.block_manager import BlockManager
 from llmserve.engine.detokenizer import IncrementalDetokenizer
@@ -18,8 +20,8 @@ from llmserve.engine.outputs import RequestOutput
 from llmserve.engine.prefix_cache import PrefixCache, root_hash
 from llmserve.engine.request import Request, RequestStatus
 from llmserve.engine.scheduler import Scheduler
+from llmserve.engine.scheduler_output import scheduler_output
 from llmserve.engine.threads import ThreadGovernor
-from llmserve.model.attention import kv_bytes_per_block
 from llmserve.model.loader import load_model, resolve_dtype
 from llmserve.runner.model_runner import ModelRunner, SampledToken
 from llmserve.sampling_params import InvalidParameter, SamplingParams
@@ -48,29 +50,34 @@ class LLMEngine:
         self.config = config
         self.dtype = resolve_dtype(config.dtype, config.device)
         self.device = torch.device(config.device)
+        self.backend = select_backend(self.device, config.backend, config.enforce_eager)
         max_len = config.max_model_len or config.scheduler.max_model_len
         loaded = load_model(config.model, self.dtype, max_len, config.load_format, config.device, config.seed,
-                            config.quant)
+                            config.quant, self.backend)
         self.quant = loaded.quant  # what the weights really are: a saved checkpoint may bring its own
         self.quant_specs = loaded.quant_specs
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.model_path = loaded.path
         self.max_model_len = self._resolve_max_len(config.max_model_len)
-        num_blocks = self._num_blocks()
+        sched = replace(config.scheduler, max_model_len=self.max_model_len)
+        cfg = self.model_config
+        kv_spec = KVCacheSpec(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, config.cache.block_size, self.dtype)
+        num_blocks = self._num_blocks(kv_spec, loaded.model, sched)
         prefix_cache = None
         if config.cache.enable_prefix_caching:
             prefix_cache = PrefixCache(root_hash(self.model_identity))
         self.block_manager = BlockManager(num_blocks, config.cache.block_size, prefix_cache)
-        sched = replace(config.scheduler, max_model_len=self.max_model_len)
         self.scheduler = Scheduler(sched, self.block_manager)
-        self.runner = ModelRunner(loaded.model, self.model_config, num_blocks, config.cache.block_size,
-                                  self.dtype, self.device, config.seed)
+        self.runner = ModelRunner(loaded.model, self.backend, kv_spec, num_blocks, config.seed)
+        self.graph_capture_seconds = self.runner.capture_graphs(sched.max_num_seqs, self.max_model_len)
         self.outputs = OutputBuilder()
         self._requests: dict[str, list[Request]] = {}
         self._sequence = itertools.count()
-        logger.info("engine ready in %.2fs: %s, %s, %s weights, %d KV blocks of %d tokens",
-                    time.perf_counter() - start, self.model_config.architecture, str(self.dtype).removeprefix("torch."),
+        graphs = f", CUDA graphs captured in {self.graph_capture_seconds:.1f}s" if self.graph_capture_seconds else ""
+        logger.info("engine ready in %.2fs on %s (%s backend%s): %s, %s, %s weights, %d KV blocks of %d tokens",
+                    time.perf_counter() - start, self.device, self.backend.name, graphs,
+                    self.model_config.architecture, str(self.dtype).removeprefix("torch."),
                     self.quant.describe() if self.quant.enabled else "unquantized", num_blocks, config.cache.block_size)
 
     # --- configuration -----------------------------------------------------------------
@@ -87,17 +94,18 @@ class LLMEngine:
             raise ValueError(f"max_model_len {requested} exceeds the model's limit of {limit}")
         return requested
 
-    def _num_blocks(self) -> int:
+    def _num_blocks(self, kv_spec: KVCacheSpec, model: torch.nn.Module, sched: SchedulerConfig) -> int:
         cache = self.config.cache
         if cache.num_blocks is not None:
             return cache.num_blocks
-        cfg = self.model_config
-        per_block = kv_bytes_per_block(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cache.block_size, self.dtype)
-        num_blocks = cache.kv_cache_memory // per_block
+        budget = cache.kv_cache_memory
+        if budget is None:  # size the pool from what the device has left after the largest step
+            budget = self.backend.kv_cache_budget(model, kv_spec, sched, cache.gpu_memory_utilization)
+        num_blocks = budget // kv_spec.bytes_per_block
         needed = -(-self.max_model_len // cache.block_size)
         if num_blocks < needed:
-            raise ValueError(f"kv_cache_memory of {cache.kv_cache_memory} bytes holds {num_blocks * cache.block_size} "
-                             f"tokens, less than max_model_len {self.max_model_len}; raise it or lower max_model_len")
+            raise ValueError(f"a KV pool of {budget} bytes holds {num_blocks * cache.block_size} tokens, less than "
+                             f"max_model_len {self.max_model_len}; give it more memory or lower max_model_len")
         return num_blocks
 
     def make_kv_cache_resident(self) -> None:
@@ -219,7 +227,7 @@ class LLMEngine:
             return []
         self.threads.adjust()
         try:
-            sampled = self.runner.execute(plan.scheduled)
+            sampled = self.runner.execute(scheduler_output(plan.scheduled))
         except Exception as exc:  # one bad batch must not take the engine down
             logger.exception("engine step failed")
             return self._fail(plan.scheduled, f"internal error: {exc}")
@@ -229,18 +237,19 @@ class LLMEngine:
         touched = {r.parent_id for r, _ in plan.scheduled}
         failed: list[RequestOutput] = []
         for token in sampled:
-            if token.request.is_finished:  # a sibling failed earlier in this loop and ended it
+            request = plan.scheduled[token.seq_index][0]
+            if request.is_finished:  # a sibling failed earlier in this loop and ended it
                 continue
             try:
-                self._append(token)
+                self._append(request, token)
             except Exception as exc:  # e.g. a detokenizer failure: fail this request alone
-                logger.exception("request %s failed", token.request.request_id)
-                failed += self._fail([(token.request, 0)], f"internal error: {exc}")
+                logger.exception("request %s failed", request.request_id)
+                failed += self._fail([(request, 0)], f"internal error: {exc}")
         # A failed parent was collected (and forgotten) by _fail; the others are collected now.
         return failed + [out for pid in touched if pid in self._requests and (out := self._collect(pid)) is not None]
 
-    def _append(self, token: SampledToken) -> None:
-        request, token_id = token.request, token.token_id
+    def _append(self, request: Request, token: SampledToken) -> None:
+        token_id = token.token_id
         now = time.monotonic()
         if request.times.first_token is None:
             request.times.first_token = now

@@ -13,7 +13,7 @@ from llmserve.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from llmserve.engine.detokenizer import IncrementalDetokenizer
-    from llmserve.runner.sampler import TokenLogprobs
+    from llmserve.engine.outputs import TokenLogprobs
 
 
 class RequestStatus(enum.IntEnum):

@@ -43,7 +43,7 @@ def run_setting(spec: dict) -> dict:
     text_ids = engine.tokenizer.encode(spec["text"] or sample_text())
     if len(text_ids) < 2:
         raise ValueError("the eval text must have at least 2 tokens")
-    scores = score_text(engine.runner.model, engine.model_config, engine.dtype, engine.device, text_ids,
+    scores = score_text(engine.runner.model, engine.model_config, engine.dtype, engine.backend, text_ids,
                         min(spec["window"], engine.max_model_len))
     greedy = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"], ignore_eos=True)
     prompts = [[{"role": "user", "content": p}] for p in sample_prompts()]

@@ -1,4 +1,4 @@
-"""A decoder layer's steps with CPU kernels: RMSNorm with the residual add, silu * mul, rope with
+"""The CPU backend's kernels for a decoder layer's steps: RMSNorm with the residual add, silu * mul, rope with
 the KV store (one C pass each, kernels/layer_ops.c), and bf16 and float32 linears for decode-sized
 batches (kernels/skinny_linear.c, kernels/amx_linear.c). Torch runs them elsewhere, or when kernels are
 off; both paths round alike (see layer_ops.c)."""
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from llmserve.model.attention import LayerKVCache, store_kv
+from llmserve.backends.base import LayerKVCache
+from llmserve.backends.torch_ref import apply_rotary, store_kv
 from llmserve.model.kernels import (
     LayerOpKernels,
     amx_linear_kernels,
@@ -62,13 +63,6 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
         return out
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, H, D] in HF's rotate-half layout; cos, sin: [T, 1, D/2]."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return out.to(x.dtype)
 
 
 def rotate_and_store(qk: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

@@ -1,4 +1,7 @@
-"""Building blocks shared by every Llama-family model: RMSNorm, rotary embedding, fused linears."""
+"""Building blocks shared by every Llama-family model: RMSNorm, rotary embedding, fused linears.
+
+Each block that has a device-specific fast form calls it through the `LayerOps` of the backend the
+engine chose (backends/base.py); the blocks themselves never look at the device."""
 
 from __future__ import annotations
 
@@ -8,23 +11,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from llmserve.backends.base import LayerOps
 from llmserve.config import ModelConfig
-from llmserve.model.layer_ops import PackedWeight, linear, pack_for_amx, rms_norm, silu_and_mul, wants_packed
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, ops: LayerOps) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)[0]
+        return self.ops.rms_norm(x, self.weight, self.eps)[0]
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual): the residual add fused into the norm. `residual`
         may be overwritten with the sum."""
-        out, total = rms_norm(x, self.weight, self.eps, residual)
+        out, total = self.ops.rms_norm(x, self.weight, self.eps, residual)
         assert total is not None
         return out, total
 
@@ -74,36 +78,32 @@ class Linear(nn.Module):
     """nn.Linear without its random init: weights always come from a checkpoint, and nn.init on
     the meta device drags in torch._dynamo (2 s of start-up)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int, ops: LayerOps, bias: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self.packed: PackedWeight | None = None
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return project(self, x, self.weight, self.bias)
+        return self.ops.linear(self, x, self.weight, self.bias)
 
-
-def project(module: Linear | MergedLinear | Embedding, x: torch.Tensor, weight: torch.Tensor,
-            bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight.T + bias, packing the weight for the AMX kernel on the first batch that can use it."""
-    if wants_packed(x):
-        module.packed = pack_for_amx(weight, module.packed)
-    return linear(x, weight, bias, module.packed)
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """As the LM head: float32 logits."""
+        return self.ops.logits(self, hidden, self.weight)
 
 
 class Embedding(nn.Module):
-    def __init__(self, num_embeddings: int, dim: int) -> None:
+    def __init__(self, num_embeddings: int, dim: int, ops: LayerOps) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_embeddings, dim))
-        self.packed: PackedWeight | None = None
+        self.ops = ops
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)
 
-    def linear(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The tied LM head: hidden states times the embedding matrix."""
-        return project(self, hidden, self.weight, None)
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The tied LM head: hidden states times the embedding matrix, as float32 logits."""
+        return self.ops.logits(self, hidden, self.weight)
 
 
 class MergedLinear(nn.Module):
@@ -112,22 +112,23 @@ class MergedLinear(nn.Module):
     One matmul instead of three keeps small-batch decode closer to the matmul roofline.
     """
 
-    def __init__(self, in_features: int, out_sizes: list[int], bias: bool) -> None:
+    def __init__(self, in_features: int, out_sizes: list[int], bias: bool, ops: LayerOps) -> None:
         super().__init__()
         self.out_sizes = out_sizes
         self.weight = nn.Parameter(torch.empty(sum(out_sizes), in_features))
         self.bias = nn.Parameter(torch.zeros(sum(out_sizes))) if bias else None
-        self.packed: PackedWeight | None = None
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return project(self, x, self.weight, self.bias)
+        return self.ops.linear(self, x, self.weight, self.bias)
 
 
 class GatedMLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int) -> None:
+    def __init__(self, hidden: int, intermediate: int, ops: LayerOps) -> None:
         super().__init__()
-        self.gate_up_proj = MergedLinear(hidden, [intermediate, intermediate], bias=False)
-        self.down_proj = Linear(intermediate, hidden)
+        self.gate_up_proj = MergedLinear(hidden, [intermediate, intermediate], False, ops)
+        self.down_proj = Linear(intermediate, hidden, ops)
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))

@@ -13,9 +13,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from llmserve.backends.base import LayerKVCache, LayerOps
 from llmserve.config import ModelConfig
-from llmserve.model.attention import AttentionMetadata, LayerKVCache, paged_attention
-from llmserve.model.layer_ops import rotate_and_store
 from llmserve.model.layers import (
     Embedding,
     GatedMLP,
@@ -27,38 +26,39 @@ from llmserve.model.layers import (
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, ops: LayerOps) -> None:
         super().__init__()
+        self.ops = ops
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=config.attention_bias)
-        self.o_proj = Linear(q_size, config.hidden_size)
-        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], config.attention_bias, ops)
+        self.o_proj = Linear(q_size, config.hidden_size, ops)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops) if config.qk_norm else None
         self.scale = self.head_dim ** -0.5
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: LayerKVCache,
-                meta: AttentionMetadata) -> torch.Tensor:
+                meta: object) -> torch.Tensor:
         tokens = x.shape[0]
         qkv = self.qkv_proj(x).view(tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         qk, v = qkv[:, :self.num_heads + self.num_kv_heads], qkv[:, self.num_heads + self.num_kv_heads:]
         if self.q_norm is not None:
             qk = torch.cat((self.q_norm(qk[:, :self.num_heads]), self.k_norm(qk[:, self.num_heads:])), dim=1)
-        q = rotate_and_store(qk, v, *rope, cache, meta.slot_mapping, self.num_heads)
-        out = paged_attention(q, cache, meta, self.scale)
+        q = self.ops.rotate_and_store(qk, v, *rope, cache, meta, self.num_heads)
+        out = self.ops.attention(q, cache, meta, self.scale)
         return self.o_proj(out.reshape(tokens, -1))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, ops: LayerOps) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, ops)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, ops)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
-                cache: LayerKVCache, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+                cache: LayerKVCache, meta: object) -> tuple[torch.Tensor, torch.Tensor]:
         """(this layer's MLP output, the residual stream before it): the next layer (or the final
         norm) adds the two inside its norm, in the order HF adds them."""
         if residual is None:
@@ -71,19 +71,20 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, ops: LayerOps) -> None:
         """`rotary` is built by the caller: the model itself is usually built on the meta device,
-        where computing the tables would trace through torch's decompositions (seconds of start-up)."""
+        where computing the tables would trace through torch's decompositions (seconds of start-up).
+        `ops` are the chosen backend's layer calls."""
         super().__init__()
         self.config = config
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, ops)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, ops) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.rotary = rotary
-        self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size)
+        self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size, ops)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[LayerKVCache],
-                meta: AttentionMetadata) -> torch.Tensor:
+                meta: object) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm."""
         x = self.embed_tokens(input_ids)
         rope = self.rotary(positions)
@@ -95,9 +96,13 @@ class LlamaForCausalLM(nn.Module):
         return self.norm.add_and_norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits in the model's dtype: a greedy pick needs no float32 copy (bf16 -> fp32 is exact)."""
-        head = self.embed_tokens.linear if self.lm_head is None else self.lm_head
-        return head(hidden)
+        """float32 logits on every device and dtype: in bf16, rounding the logits makes near-ties
+        that greedy decoding breaks the other way from transformers."""
+        head = self.embed_tokens if self.lm_head is None else self.lm_head
+        if isinstance(head, Linear | Embedding):
+            return head.logits(hidden)
+        quantized = head.linear if self.lm_head is None else head
+        return quantized(hidden).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype,
                      device: torch.device | str, take: Callable[[str, torch.Tensor], bool] | None = None) -> None:

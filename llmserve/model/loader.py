@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from llmserve.backends.base import LayerOps
+from llmserve.backends.select import select_backend
 from llmserve.config import ModelConfig
 from llmserve.model.embedded import embedded_model_path
 from llmserve.model.layers import RotaryEmbedding
@@ -62,8 +64,11 @@ def cpu_has_amx_bf16() -> bool:
 
 
 def load_model(model: str | None, dtype: torch.dtype, max_model_len: int, load_format: str = "auto",
-               device: str = "cpu", seed: int = 0, quant: QuantConfig | None = None) -> LoadedModel:
+               device: str = "cpu", seed: int = 0, quant: QuantConfig | None = None,
+               ops: LayerOps | None = None) -> LoadedModel:
+    """`ops`: the layer calls of the engine's backend; by default the device's own backend's."""
     quant = quant or QuantConfig()
+    ops = ops or select_backend(device)
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unknown load_format {load_format!r}; choose from {', '.join(LOAD_FORMATS)}")
     quant.check_device(device)
@@ -71,12 +76,12 @@ def load_model(model: str | None, dtype: torch.dtype, max_model_len: int, load_f
     if not path.exists():
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
     if path.is_file() or load_format == "gguf":
-        return _load_gguf(path, dtype, max_model_len, device, quant)
+        return _load_gguf(path, dtype, max_model_len, device, quant, ops)
     hf_config = _read_config(path)
     config = ModelConfig.from_hf_dict(hf_config)
     # Without tokenizer.json the model still serves prompts given as token ids.
     tokenizer = _folder_tokenizer(path)
-    net = _build(config, max_model_len, device)
+    net = _build(config, max_model_len, device, ops)
     saved = saved_quantization(hf_config, quant)
     if saved is not None:
         saved.config.check_device(device)
@@ -96,7 +101,8 @@ def load_model(model: str | None, dtype: torch.dtype, max_model_len: int, load_f
     return loaded
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, max_model_len: int, device: str, quant: QuantConfig) -> LoadedModel:
+def _load_gguf(path: Path, dtype: torch.dtype, max_model_len: int, device: str, quant: QuantConfig,
+               ops: LayerOps) -> LoadedModel:
     from llmserve.model.gguf_reader import read_gguf  # the gguf package is only needed for GGUF files
 
     checkpoint = read_gguf(path)
@@ -108,7 +114,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, max_model_len: int, device: str, 
         # Groups of 32 land on the file's own grid; wider ones round its already rounded values
         # again (measured on the embedded Q4_1 file: perplexity +0.1% at 32, +27% at 64).
         quant = replace(quant, group_size=32)
-    net = _build(config, max_model_len, device)
+    net = _build(config, max_model_len, device, ops)
     loaded = LoadedModel(net, config, tokenizer, path, checkpoint.config, quant)
     # Quantizers start from fp32 weights, so the only rounding is their own.
     _load_weights(loaded, checkpoint.tensors(fuse=True, dtype=torch.float32 if quant.enabled else dtype),
@@ -147,12 +153,12 @@ def _read_config(path: Path) -> dict:
         raise ValueError(f"{config_file} is not valid JSON: {exc}") from None
 
 
-def _build(config: ModelConfig, max_model_len: int, device: str) -> nn.Module:
+def _build(config: ModelConfig, max_model_len: int, device: str, ops: LayerOps) -> nn.Module:
     """The model with meta-device parameters (filled by load_weights) and real rope tables."""
     cls = model_class(config)
     rotary = RotaryEmbedding(config, max_model_len).to(device)
     with torch.device("meta"):
-        return cls(config, rotary)
+        return cls(config, rotary, ops)
 
 
 def _safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -173,14 +179,15 @@ def _safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 def _init_dummy(net: nn.Module, seed: int, dtype: torch.dtype, device: str) -> None:
     """Random weights of the right shapes, for benchmarks of configurations we have no checkpoint for."""
-    gen = torch.Generator().manual_seed(seed)
+    # Drawn on the device itself: an 8B model's weights drawn on the host would take minutes.
+    gen = torch.Generator(device=device).manual_seed(seed)
     state = {}
     for name, param in net.named_parameters():
         if "norm" in name:
-            tensor = torch.ones(param.shape)
+            tensor = torch.ones(param.shape, dtype=dtype, device=device)
         elif name.endswith("bias"):
-            tensor = torch.zeros(param.shape)
+            tensor = torch.zeros(param.shape, dtype=dtype, device=device)
         else:
-            tensor = torch.randn(param.shape, generator=gen) * 0.02
-        state[name] = tensor.to(dtype=dtype, device=device)
+            tensor = torch.randn(param.shape, generator=gen, device=device).mul_(0.02).to(dtype)
+        state[name] = tensor
     net.load_state_dict(state, strict=False, assign=True)

@@ -18,15 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from llmserve.engine.outputs import TokenLogprobs
 from llmserve.sampling_params import SamplingParams
-
-
-@dataclass(frozen=True)
-class TokenLogprobs:
-    token_id: int
-    logprob: float
-    rank: int  # 1 = most likely
-    top: list[tuple[int, float]]  # best first, len == params.logprobs
 
 
 @dataclass

@@ -23,8 +23,7 @@ from llmserve.server.serving import (
 )
 
 if TYPE_CHECKING:
-    from llmserve.engine.outputs import CompletionOutput
-    from llmserve.runner.sampler import TokenLogprobs
+    from llmserve.engine.outputs import CompletionOutput, TokenLogprobs
 
 
 def render_prompt(serving: Serving, body: ChatCompletionRequest) -> dict[str, Any]:

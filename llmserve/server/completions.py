@@ -22,8 +22,7 @@ from llmserve.server.serving import (
 )
 
 if TYPE_CHECKING:
-    from llmserve.engine.outputs import CompletionOutput
-    from llmserve.runner.sampler import TokenLogprobs
+    from llmserve.engine.outputs import CompletionOutput, TokenLogprobs
     from llmserve.server.streams import QueuedPrompt
 
 

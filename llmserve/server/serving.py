@@ -33,8 +33,7 @@ if TYPE_CHECKING:
 
     from llmserve.engine.async_engine import AsyncEngine
     from llmserve.engine.engine import PreparedRequest, Prompt
-    from llmserve.engine.outputs import CompletionOutput, RequestOutput
-    from llmserve.runner.sampler import TokenLogprobs
+    from llmserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogprobs
     from llmserve.sampling_params import SamplingParams
     from llmserve.server.shedding import LoadShedder
 

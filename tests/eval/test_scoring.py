@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from llmserve.backends.select import select_backend
 from llmserve.eval.scoring import score_text
 from llmserve.model.loader import load_model
 from tests.tiny_models import save_tiny_model
@@ -15,7 +16,7 @@ def test_scores_match_transformers_window_by_window(tmp_path):
     hf_model = save_tiny_model("llama", tmp_path)
     loaded = load_model(str(tmp_path), torch.float32, 512)
     ids = torch.randint(3, 256, (150,), generator=torch.Generator().manual_seed(0)).tolist()
-    scores = score_text(loaded.model, loaded.config, torch.float32, torch.device("cpu"), ids, window=64)
+    scores = score_text(loaded.model, loaded.config, torch.float32, select_backend("cpu"), ids, window=64)
     nll, top1 = 0.0, []
     with torch.no_grad():
         for start in range(0, len(ids) - 1, 64):

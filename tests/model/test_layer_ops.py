@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmserve.backends.base import KVCacheSpec
+from llmserve.backends.select import select_backend
 from llmserve.model import layer_ops
-from llmserve.model.attention import allocate_kv_cache
 from llmserve.model.kernels import layer_op_kernels
 from llmserve.model.layers import Linear
 
@@ -104,7 +105,8 @@ def test_rotate_and_store(q_heads, kv_heads, dim, dtype, torch_only):
     freqs = positions.float().unsqueeze(1) * torch.rand(dim // 2, generator=gen)
     cos, sin = freqs.cos().unsqueeze(1), freqs.sin().unsqueeze(1)
     slots = torch.randperm(8 * block, generator=gen)[:tokens]
-    ours, reference = (allocate_kv_cache(1, kv_heads, dim, 8, block, dtype, "cpu")[0] for _ in range(2))
+    spec = KVCacheSpec(1, kv_heads, dim, block, dtype)
+    ours, reference = (select_backend("cpu").allocate_kv_cache(spec, 8)[0] for _ in range(2))
     q = layer_ops.rotate_and_store(qk, v, cos, sin, ours, slots, q_heads)
     expected_q = torch_only(layer_ops.rotate_and_store, qk, v, cos, sin, reference, slots, q_heads)
     assert q.shape == (tokens, q_heads, dim) and q.is_contiguous()
@@ -181,19 +183,20 @@ def test_linear_takes_the_skinny_kernel_for_one_row(monkeypatch):
 def test_projection_packs_its_weight_once_and_again_when_it_changes():
     if layer_ops.amx_linear_kernels() is None:
         pytest.skip("no C compiler or no AMX")
-    layer = Linear(64, 32).to(torch.bfloat16)
+    backend = select_backend("cpu")
+    layer = Linear(64, 32, backend).to(torch.bfloat16)
     with torch.no_grad():
         layer.weight.normal_()
     x = torch.randn(8, 64).to(torch.bfloat16)
-    assert layer.packed is None
+    assert backend._packed.get(layer) is None
     torch.testing.assert_close(layer(x).float(), x.float() @ layer.weight.float().T, rtol=2 ** -7, atol=1e-3)
-    first = layer.packed
+    first = backend._packed.get(layer)
     assert first is not None
     layer(x)
-    assert layer.packed is first
+    assert backend._packed.get(layer) is first
     with torch.no_grad():
         layer.weight.mul_(2)  # in place: the packing is stale
     torch.testing.assert_close(layer(x).float(), x.float() @ layer.weight.float().T, rtol=2 ** -7, atol=1e-3)
-    assert layer.packed is not first
+    assert backend._packed.get(layer) is not first
     layer(x[:1])  # one row: the skinny kernel reads the weight as it is, no packing needed
     layer.float()(x.float())  # float32: torch, nothing packed

@@ -184,13 +184,14 @@ def test_cli_reports_a_bad_combination_without_a_traceback(tiny, capsys):
 def test_load_time_quantization_takes_a_bias_before_or_after_its_weight(qwen2, biases_first):
     from safetensors.torch import load_file
 
+    from llmserve.backends.select import select_backend
     from llmserve.model.loader import _build
     from llmserve.quant.apply import LoadTimeQuantizer
 
     expected = load_model(str(qwen2), torch.float32, 512, quant=QuantConfig("int8"))
     tensors = sorted(load_file(str(qwen2 / "model.safetensors")).items(),
                      key=lambda item: item[0].endswith("bias") != biases_first)
-    net = _build(expected.config, 512, "cpu")
+    net = _build(expected.config, 512, "cpu", select_backend("cpu"))
     quantizer = LoadTimeQuantizer(net, QuantConfig("int8"), torch.float32, "cpu")
     net.load_weights(tensors, torch.float32, "cpu", take=quantizer)
     assert quantizer.specs == expected.quant_specs

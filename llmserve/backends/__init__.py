@@ -1,0 +1,1 @@
+"""Attention backends: one per device, chosen once when the engine is built."""

@@ -1,0 +1,68 @@
+"""The per-step message from the engine to the model runner: what to compute, nothing mutable.
+
+The runner never sees a `Request`: it gets, per scheduled sequence, the tokens to compute this
+step, where they start, the sequence's KV blocks and, when the step ends at the sequence's last
+token, what the sampler needs. The engine keeps the `Request`s and maps sampled tokens back by
+their index in `sequences`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from llmserve.engine.request import Request
+from llmserve.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class SamplingInputs:
+    params: SamplingParams
+    prompt_token_ids: Sequence[int]
+    output_token_ids: Sequence[int]  # the tokens generated so far (penalties read them)
+    generator: torch.Generator | None
+    blocked_token_ids: Sequence[int]  # may not be sampled yet (min_tokens)
+
+
+@dataclass(frozen=True)
+class ScheduledSequence:
+    token_ids: list[int]  # the tokens this step computes
+    start: int  # position of the first of them (tokens whose KV is cached already)
+    block_ids: list[int]  # the sequence's KV blocks, in order
+    sampling: SamplingInputs | None  # set when this step reaches the sequence's last token
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    sequences: list[ScheduledSequence]  # single-token (decode) entries first
+
+    @property
+    def num_decodes(self) -> int:
+        return sum(1 for s in self.sequences if s.num_tokens == 1)
+
+
+def scheduler_output(scheduled: list[tuple[Request, int]]) -> SchedulerOutput:
+    """The message for a step that computes `num_new` tokens of each request."""
+    return SchedulerOutput([_sequence(request, num_new) for request, num_new in scheduled])
+
+
+def _sequence(request: Request, num_new: int) -> ScheduledSequence:
+    start = request.num_computed_tokens
+    sampling = None
+    if start + num_new == request.num_tokens:
+        sampling = SamplingInputs(request.params, request.prompt_token_ids, request.output_token_ids,
+                                  request.generator, blocked_token_ids(request))
+    return ScheduledSequence(request.token_slice(start, start + num_new), start, request.block_ids, sampling)
+
+
+def blocked_token_ids(request: Request) -> list[int]:
+    """Tokens that would end the request before min_tokens is reached."""
+    if len(request.output_token_ids) >= request.params.min_tokens:
+        return []
+    return list(request.eos_token_ids) + list(request.params.stop_token_ids or [])  # eos is () with ignore_eos
