@@ -13,12 +13,14 @@ from llmserve.runner.input_batch import build_inputs
 from llmserve.sampling_params import SamplingParams
 
 
-def paged_logits(loaded, prompts: list[list[int]], chunk: int | None = None, block_size: int = 4) -> list[torch.Tensor]:
-    """Logits for every position of every prompt, all prompts in one batch (optionally chunked)."""
+def paged_logits(loaded, prompts: list[list[int]], chunk: int | None = None, block_size: int = 4,
+                 device: str = "cpu") -> list[torch.Tensor]:
+    """Logits for every position of every prompt, all prompts in one batch (optionally chunked);
+    `device` is the model's."""
     cfg = loaded.config
     manager = BlockManager(256, block_size)
     caches = allocate_kv_cache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, block_size,
-                               next(loaded.model.parameters()).dtype, "cpu")
+                               next(loaded.model.parameters()).dtype, device)
     requests = [Request(str(i), str(i), 0, list(p), SamplingParams(), 16, ()) for i, p in enumerate(prompts)]
     logits: list[list[torch.Tensor]] = [[] for _ in prompts]
     with torch.inference_mode():
@@ -30,9 +32,9 @@ def paged_logits(loaded, prompts: list[list[int]], chunk: int | None = None, blo
                     manager.allocate(r, n)
                     scheduled.append((r, n))
             scheduled.sort(key=lambda item: item[1] != 1)
-            inputs = build_inputs(scheduled, block_size, torch.device("cpu"))
+            inputs = build_inputs(scheduled, block_size, torch.device(device))
             hidden = loaded.model(inputs.input_ids, inputs.positions, caches, inputs.attention)
-            all_logits = loaded.model.compute_logits(hidden).float()
+            all_logits = loaded.model.compute_logits(hidden).float().cpu()
             row = 0
             for r, n in scheduled:
                 logits[int(r.request_id)].append(all_logits[row:row + n])

@@ -63,7 +63,12 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.group_size = group_size
-        self.kernel_layout = q.device.type == "cpu" and self.out_features % 64 == 0
+        # On CUDA, chosen once: the Triton matmul for narrow batches, its one-pass dequantize for
+        # wide ones; both read the plain layout.
+        triton = triton_kernels(q.device)
+        self._triton_matmul = None if triton is None else triton.int4_matmul
+        self._triton_dequantize = None if triton is None else triton.int4_dequantize
+        self.kernel_layout = triton is None and q.device.type == "cpu" and self.out_features % 64 == 0
         if self.kernel_layout:
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         else:
@@ -73,10 +78,6 @@ class Int4Linear(nn.Module):
         scales_and_zeros = torch.stack((scale, zero), dim=-1).transpose(0, 1).contiguous()
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(kernel_dtype(dtype, q.device)))
         self.register_buffer("bias", None if bias is None else bias.to(dtype))
-        # On CUDA, chosen once: the Triton matmul for narrow batches, its one-pass dequantize for wide ones.
-        triton = triton_kernels(q.device)
-        self._triton_matmul = None if triton is None else triton.int4_matmul
-        self._triton_dequantize = None if triton is None else triton.int4_dequantize
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int,

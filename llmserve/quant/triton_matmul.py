@@ -25,6 +25,9 @@ import triton.language as tl
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+# Shared memory the kernels' tiles may take: under the 99 KiB a block gets on Ada (compute
+# capability 8.9); Ampere's datacenter parts and Hopper have more.
+SHARED_MEMORY_BUDGET = 96 * 1024
 
 
 @triton.jit
@@ -119,7 +122,7 @@ def int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bia
     """x [..., K] @ (qweight [N, K] int8 * scale [N] fp32).T (+ bias) in x's dtype."""
     n, k = qweight.shape
     x2 = x.reshape(-1, k)
-    block_m, block_n, block_k, warps, stages = _tiles(x2.shape[0], block_k=128 if x2.shape[0] <= 16 else 64)
+    block_m, block_n, block_k, warps, stages = _tiles(x2, block_k=128 if x2.shape[0] <= 16 else 64, weight_bits=8)
     grid, tiles, out, partial = _launch_plan(x2, n, k, block_m, block_n, block_k, split_k)
     _int8_matmul_kernel[grid](
         x2, qweight, scale, bias, partial, x2.shape[0], n, k, tiles,
@@ -135,7 +138,7 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.T
     with `scales_and_zeros` [K / group_size, N, 2]."""
     n, k = packed.shape[0], packed.shape[1] * 2
     x2 = x.reshape(-1, k)
-    block_m, block_n, block_k, warps, stages = _tiles(x2.shape[0], block_k=max(128, group_size))
+    block_m, block_n, block_k, warps, stages = _tiles(x2, block_k=max(128, group_size), weight_bits=4)
     grid, tiles, out, partial = _launch_plan(x2, n, k, block_m, block_n, block_k, split_k)
     _int4_matmul_kernel[grid](
         x2, packed, scales_and_zeros, bias, partial, x2.shape[0], n, k, tiles,
@@ -159,15 +162,23 @@ def int4_dequantize(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_
     return out
 
 
-def _tiles(rows: int, block_k: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for `rows`. tl.dot needs 16+ on each side,
-    so a decode step's 1..16 rows share one 16-row tile; W's bytes are what the step waits on then,
-    and narrow N tiles with a deep K tile keep many loads in flight per program."""
+def _tiles(x: torch.Tensor, block_k: int, weight_bits: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for x's rows. tl.dot needs 16+ on each
+    side, so a decode step's 1..16 rows share one 16-row tile: W's bytes are what it waits on, and
+    narrow N tiles with a deep K tile keep many loads in flight across many programs. Pipeline
+    stages are as many as fit SHARED_MEMORY_BUDGET (estimated: each stage's x and W tiles, plus
+    the dequantized W tile)."""
+    rows, x_bytes = x.shape[0], x.element_size()
     if rows <= 16:
-        return 16, 64, block_k, 4, 4
-    if rows <= 64:
-        return 32 if rows <= 32 else 64, 64, block_k, 4, 4
-    return 64, 128, block_k, 8, 3
+        block_m, block_n, warps = 16, 64, 4
+    elif rows <= 64:
+        block_m, block_n, warps = (32 if rows <= 32 else 64), 64, 4
+    else:
+        block_m, block_n, warps = 64, (64 if x_bytes == 4 else 128), 8
+    per_stage = block_m * block_k * x_bytes + block_n * block_k * weight_bits // 8
+    dequantized = block_n * block_k * x_bytes
+    stages = max(2, min(4, (SHARED_MEMORY_BUDGET - dequantized) // per_stage))
+    return block_m, block_n, block_k, warps, stages
 
 
 def _launch_plan(x: torch.Tensor, n: int, k: int, block_m: int, block_n: int, block_k: int,
