@@ -78,7 +78,8 @@ def _int4_matmul_kernel(x_ptr, w_ptr, sz_ptr, bias_ptr, out_ptr, M, N, K, tiles_
         x_even = tl.load(x_rows + offs_even[None, :] * stride_xk, mask=x_mask, other=0.0)
         x_odd = tl.load(x_rows + (offs_even[None, :] + 1) * stride_xk, mask=x_mask, other=0.0)
         w_mask = (offs_n[None, :] < N) & (offs_even[:, None] < K)
-        packed = tl.load(w_ptr + offs_n[None, :] * stride_wn + (offs_even[:, None] // 2) * stride_wk,
+        offs_byte = k0 // 2 + tl.arange(0, HALF)  # written so, Triton sees the bytes are contiguous
+        packed = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_byte[:, None] * stride_wk,
                          mask=w_mask, other=0)  # [HALF, BLOCK_N]
         # One (scale, zero) per group and output channel, spread over the group's HALF rows.
         offs_g = k0 // GROUP + tl.arange(0, GROUPS)
