@@ -22,10 +22,11 @@ def step_of(scheduled: list[tuple[Request, int]]) -> SchedulerOutput:
 
 
 def paged_logits(loaded, prompts: list[list[int]], chunk: int | None = None, block_size: int = 4,
-                 backend: AttentionBackend | None = None) -> list[torch.Tensor]:
-    """Logits for every position of every prompt, all prompts in one batch (optionally chunked)."""
+                 backend: AttentionBackend | None = None, device: str = "cpu") -> list[torch.Tensor]:
+    """Logits for every position of every prompt, all prompts in one batch (optionally chunked),
+    through `backend`, by default the backend of `device` (the model's)."""
     cfg = loaded.config
-    backend = backend or select_backend("cpu")
+    backend = backend or select_backend(device)
     manager = BlockManager(256, block_size)
     dtype = next(loaded.model.parameters()).dtype
     caches = backend.allocate_kv_cache(KVCacheSpec(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, block_size, dtype),

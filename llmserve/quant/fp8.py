@@ -2,6 +2,8 @@
 
 The product runs on fp8 tensor cores through `torch._scaled_mm` with row-wise scales, which needs
 compute capability 8.9+; `QuantConfig.check_device` refuses other devices before anything loads.
+`_scaled_mm` takes weights whose dims are both multiples of 16; a layer of another shape (an odd
+vocabulary) multiplies by its dequantized weight, as w8a8 does where `_int_mm` refuses a shape.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Fp8Linear(nn.Module):
         self.register_buffer("qweight", qweight)
         self.register_buffer("weight_scale", scale.float())
         self.register_buffer("bias", None if bias is None else bias.to(dtype))
+        self._scaled_mm_takes = qweight.shape[0] % 16 == 0 and qweight.shape[1] % 16 == 0
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> Fp8Linear:
@@ -39,6 +42,8 @@ class Fp8Linear(nn.Module):
         return cls(q, scale, bias, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._scaled_mm_takes:
+            return F.linear(x, self.dequantize().to(x.dtype), self.bias)
         rows = x.shape[0]
         x32 = x.float()
         x_scale = x32.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12) / FP8_MAX

@@ -4,7 +4,9 @@ A weight is `(q - 8) * scale + zero` with q in [0, 15]; `zero` is the value q = 
 convention of torch's `_weight_int4pack_mm_for_cpu`, so scales and zeros go to the kernel as stored.
 On CPU the weights live in that kernel's packed layout (64-row blocks, row j and row j+32 of a
 block sharing a byte) when the output dim is a multiple of 64; files, other devices and odd shapes
-keep a plain layout (two columns per byte, the even one low) and multiply by the dequantized weight.
+keep a plain layout (two columns per byte, the even one low). On CUDA our Triton kernel
+(triton_matmul.py) reads that plain layout directly; elsewhere, and for wide batches, the module
+multiplies by the dequantized weight.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from llmserve.quant.kernels import kernel_dtype
+from llmserve.quant.kernels import TRITON_KERNEL_MAX_ROWS, kernel_dtype, triton_kernels
 
-# From this many rows on, dequantizing to a dense matmul beats the int4 kernel (prefill chunks).
+# From this many rows on, dequantizing to a dense matmul beats torch's CPU int4 kernel (prefill chunks).
 DENSE_MIN_ROWS = 64
 
 
@@ -61,7 +63,12 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.group_size = group_size
-        self.kernel_layout = q.device.type == "cpu" and self.out_features % 64 == 0
+        # On CUDA, chosen once: the Triton matmul for narrow batches, its one-pass dequantize for
+        # wide ones; both read the plain layout.
+        triton = triton_kernels(q.device)
+        self._triton_matmul = None if triton is None else triton.int4_matmul
+        self._triton_dequantize = None if triton is None else triton.int4_dequantize
+        self.kernel_layout = triton is None and q.device.type == "cpu" and self.out_features % 64 == 0
         if self.kernel_layout:
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         else:
@@ -79,6 +86,8 @@ class Int4Linear(nn.Module):
         return cls(q, scale, zero, group_size, bias, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._triton_matmul is not None and x.shape[0] <= TRITON_KERNEL_MAX_ROWS:
+            return self._triton_matmul(x, self.qweight, self.scales_and_zeros, self.group_size, self.bias)
         if self.kernel_layout and x.shape[0] < DENSE_MIN_ROWS:
             sz = self.scales_and_zeros
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(sz.dtype), self.qweight, self.group_size, sz)
@@ -88,6 +97,8 @@ class Int4Linear(nn.Module):
         return out if self.bias is None else out + self.bias
 
     def _dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        if self._triton_dequantize is not None:
+            return self._triton_dequantize(self.qweight, self.scales_and_zeros, self.group_size, dtype)
         q = self.unpacked()
         scale, zero = self.scales_and_zeros.to(dtype).transpose(0, 1).unbind(-1)
         w = (q.view(self.out_features, -1, self.group_size).to(dtype) - 8) * scale[..., None] + zero[..., None]

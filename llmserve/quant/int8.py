@@ -1,8 +1,10 @@
 """int8 weights, symmetric per output channel: weight-only (int8) and with dynamic int8 activations (w8a8).
 
-Weight-only decode uses torch's `_weight_int8pack_mm`, which reads a quarter of fp32's bytes. With
-many rows a dense bf16/fp32 matmul on the dequantized weight is faster on CPU (measured: at 256
-rows the int8 kernel is ~10x slower than bf16 here), so wide prefill batches take that path.
+Weight-only decode uses torch's `_weight_int8pack_mm` on CPU, which reads a quarter of fp32's bytes,
+and our Triton kernel (triton_matmul.py) on CUDA. With many rows a dense bf16/fp32 matmul on the
+dequantized weight is faster on CPU (measured: at 256 rows the int8 kernel is ~10x slower than
+bf16 here), so wide prefill batches take that path; on CUDA from `TRITON_KERNEL_MAX_ROWS` rows on.
+w8a8 multiplies int8 by int8 with `torch._int_mm` on either device.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from llmserve.model.kernels import int8_row_kernels
-from llmserve.quant.kernels import aligned, kernel_dtype
+from llmserve.quant.kernels import TRITON_KERNEL_MAX_ROWS, aligned, kernel_dtype, triton_kernels
 
 # At most this many rows go through the weight-only kernel; more are cheaper dequantized.
 WEIGHT_ONLY_KERNEL_MAX_ROWS = 16
@@ -42,6 +44,12 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # correctly rounded 127 / amax instead, the embedded model's w8a8 perplexity is +2.30%, not +1.85%.
     q = torch.round(x32 * (127.0 / amax)).to(torch.int8)
     return q, amax / 127.0
+
+
+def int_mm_takes(qweight: torch.Tensor) -> bool:
+    """Whether `torch._int_mm` takes this weight: on CUDA (cuBLASLt) both of its dims must be
+    multiples of 8; the CPU kernel takes any shape."""
+    return qweight.device.type != "cuda" or (qweight.shape[0] % 8 == 0 and qweight.shape[1] % 8 == 0)
 
 
 def _int8_dynamic_matmul_torch(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
@@ -81,27 +89,38 @@ class Int8Matmul(nn.Module):
         self.register_buffer("_scale_kernel", aligned(scale.to(kernel_dtype(dtype, qweight.device))),
                              persistent=False)
         self.register_buffer("_scale_dense", scale.to(dtype), persistent=False)
-        self.dynamic = dynamic
-        # w8a8's fused C ends (None: the torch ops), looked up once rather than at every call.
+        # How it multiplies, chosen once for the weight's device. w8a8: `_int_mm`, its ends in C on
+        # CPU (None: the torch ops); a weight whose shape cuBLASLt refuses runs weight-only instead.
+        # Weight-only: torch's int8 kernel on CPU, our Triton kernel on CUDA (None: dequantized),
+        # each for narrow batches.
         on_cpu = qweight.device.type == "cpu"
-        self._row_kernels = int8_row_kernels(str(dtype).removeprefix("torch.")) if dynamic and on_cpu else None
+        self.dynamic = dynamic and int_mm_takes(qweight)
+        self._row_kernels = int8_row_kernels(str(dtype).removeprefix("torch.")) if self.dynamic and on_cpu else None
+        triton = None if self.dynamic else triton_kernels(qweight.device)
+        self._triton_matmul = None if triton is None else triton.int8_matmul
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x @ W.T (+ bias)."""
+        rows = x.shape[0]
         if self.dynamic:
             if self._row_kernels is not None:
                 return _int8_dynamic_matmul_fused(x.contiguous(), self.qweight, self.weight_scale, bias,
                                                   *self._row_kernels)
             return _int8_dynamic_matmul_torch(x, self.qweight, self.weight_scale, bias)
-        if x.device.type == "cpu" and x.shape[0] <= WEIGHT_ONLY_KERNEL_MAX_ROWS:
+        if self._triton_matmul is not None and rows <= TRITON_KERNEL_MAX_ROWS:
+            return self._triton_matmul(x, self.qweight, self.weight_scale, bias)
+        if x.device.type == "cpu" and rows <= WEIGHT_ONLY_KERNEL_MAX_ROWS:
             out = torch.ops.aten._weight_int8pack_mm(x.to(self._scale_kernel.dtype), self.qweight, self._scale_kernel)
             out = out.to(x.dtype)
         else:
-            chunks = [F.linear(x, self.qweight[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)
-                               * self._scale_dense[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)[:, None])
-                      for lo in range(0, self.qweight.shape[0], DENSE_CHUNK_CHANNELS)]
-            out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)
+            out = self._dense_matmul(x)
         return out if bias is None else out + bias
+
+    def _dense_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = [F.linear(x, self.qweight[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)
+                           * self._scale_dense[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)[:, None])
+                  for lo in range(0, self.qweight.shape[0], DENSE_CHUNK_CHANNELS)]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)
 
     def dequantize(self) -> torch.Tensor:
         return dequantize_int8(self.qweight, self.weight_scale)

@@ -150,6 +150,14 @@ def test_fp8_linear_matches_its_dequantized_weight_through_scaled_mm_on_cpu():
         assert _relative_error(out, expected) < 0.05  # e4m3 activations: 3 mantissa bits
 
 
+def test_fp8_linear_of_a_shape_scaled_mm_refuses_multiplies_by_its_dequantized_weight():
+    w, bias = _weight(rows=67), torch.randn(67) * 0.1  # 67 output channels: not a multiple of 16
+    layer = Fp8Linear.from_float(w, bias, torch.bfloat16)
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    expected = F.linear(x.double(), layer.dequantize().double(), bias.double())
+    assert _relative_error(layer(x), expected) < 1e-2  # bf16 activations, no fp8 rounding of them
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
                     reason="needs a CUDA GPU with fp8 (compute capability 8.9+)")
