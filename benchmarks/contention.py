@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output-len", type=parse_range, default=(32, 256), help="LO:HI output tokens")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (the neighbour is a CPU process)")
     p.add_argument("--quantization", default=None, help="int8 | int4 | w8a8")
     p.add_argument("--pin", action="store_true", help="pin the neighbour to our last core")
     p.add_argument("--seed", type=int, default=0)
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     llm = LLM(model=None, dtype=args.dtype, quantization=args.quantization, num_threads=args.threads,
-              kv_cache_memory="1GiB", seed=args.seed)
+              kv_cache_memory="1GiB", seed=args.seed, device=args.device)
     vocab = llm.engine.model_config.vocab_size
     workload = make_workload(args.num_requests, args.input_len, args.output_len, vocab, args.seed)
     print(f"workload: {len(workload)} requests, {sum(r.output_len for r in workload)} output tokens; "

@@ -2,7 +2,8 @@
 
 Both run the same seeded workload of random token prompts with greedy decoding and a fixed
 output length per request (EOS ignored), at one precision for both (--dtype; by default the one
-our engine's `auto` picks: bf16 on CPUs with AMX-BF16, else fp32), on all cores. Also measured:
+our engine's `auto` picks: bf16 on a GPU and on CPUs with AMX-BF16, else fp32), on all cores or on
+--device (default auto: the GPU when there is one). Also measured:
 our batch-1 decode speed against the memory-bandwidth roofline, and peak RSS.
 
     python benchmarks/offline_throughput.py [--num-requests 64] [--input-len 32:512] [--output-len 32:256]
@@ -35,6 +36,7 @@ from benchmarks.common import (  # noqa: E402
     peak_rss_mib,
 )
 from llmserve import LLM, SamplingParams  # noqa: E402
+from llmserve.devices import resolve_device  # noqa: E402
 from llmserve.model.loader import resolve_dtype  # noqa: E402
 from llmserve.quant.apply import weights_nbytes  # noqa: E402
 
@@ -73,10 +75,10 @@ class RunResult:
 
 def load_ours(args: argparse.Namespace, threads: int) -> tuple[LLM, float]:
     start = time.perf_counter()
-    budget = {} if args.max_num_batched_tokens is None else {"max_num_batched_tokens": args.max_num_batched_tokens}
     llm = LLM(model=None, dtype=args.dtype, max_num_seqs=args.max_num_seqs, kv_cache_memory=args.kv_cache_memory,
-              num_threads=threads, seed=args.seed, quantization=args.quantization,
-              quant_group_size=args.quant_group_size, quant_skip=args.quant_skip, **budget)
+              max_num_batched_tokens=args.max_num_batched_tokens, num_threads=threads, seed=args.seed,
+              device=args.device, quantization=args.quantization, quant_group_size=args.quant_group_size,
+              quant_skip=args.quant_skip)
     return llm, time.perf_counter() - start
 
 
@@ -146,7 +148,7 @@ def decode_bytes_per_step(llm: LLM) -> dict[str, Any]:
 
 # --- transformers baseline ------------------------------------------------------------------
 
-def load_hf(dtype: str = "float32") -> tuple[LlamaForCausalLM, float]:
+def load_hf(dtype: str = "float32", device: str = "cpu") -> tuple[LlamaForCausalLM, float]:
     import transformers
 
     from llmserve.model.embedded import embedded_model_path
@@ -162,7 +164,7 @@ def load_hf(dtype: str = "float32") -> tuple[LlamaForCausalLM, float]:
         raise RuntimeError(f"HF weights do not match: missing {missing}, unexpected {unexpected}")
     if config.tie_word_embeddings and model.lm_head.weight is not model.model.embed_tokens.weight:
         raise RuntimeError("HF lm_head is not tied to the embedding: its logits would be random")
-    return model, time.perf_counter() - start
+    return model.to(device), time.perf_counter() - start
 
 
 @torch.inference_mode()
@@ -173,7 +175,7 @@ def run_hf(model: LlamaForCausalLM, workload: list[BenchRequest], batch_size: in
     start = time.perf_counter()
     for first in range(0, len(workload), batch_size):
         batch = workload[first:first + batch_size]
-        ids, mask = _left_padded(batch, pad_id)
+        ids, mask = (t.to(model.device) for t in _left_padded(batch, pad_id))
         new = max(r.output_len for r in batch)
         # min == max keeps every row generating to the batch's longest length, EOS or not.
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
@@ -230,10 +232,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-len", type=parse_range, default=(32, 256), help="LO:HI output tokens (uniform)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hf-batch-size", type=int, default=16)
-    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N, for both engines (default: auto, "
+                                                  "the GPU when there is one)")
+    p.add_argument("--max-num-seqs", type=int, default=None, help="default: the device's (CPU 64, CUDA 256)")
     p.add_argument("--max-num-batched-tokens", type=int, default=None,
-                   help="tokens per engine step (default: the offline LLM's, 1024)")
-    p.add_argument("--kv-cache-memory", default="2GiB")
+                   help="tokens per engine step (default: the offline LLM's, 1024 on CPU, 8192 on CUDA)")
+    p.add_argument("--kv-cache-memory", default=None, help="default: the device's (CPU 2GiB, CUDA sized from "
+                                                          "free memory)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="for both engines: the comparison is always at one precision (auto: what our engine "
@@ -246,7 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-hf", action="store_true", help="run only our engine")
     p.add_argument("--json", type=Path, help="write all figures here")
     args = p.parse_args(argv)
-    args.dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
+    args.device = str(resolve_device(args.device))
+    args.dtype = str(resolve_dtype(args.dtype, args.device)).removeprefix("torch.")
     return args
 
 
@@ -261,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     vocab = llm.engine.model_config.vocab_size
     workload = make_workload(args.num_requests, args.input_len, args.output_len, vocab, args.seed)
     print(f"workload: {len(workload)} requests, {sum(len(r.prompt_token_ids) for r in workload)} prompt tokens, "
-          f"{sum(r.output_len for r in workload)} output tokens, seed {args.seed}; {threads} threads; {args.dtype}",
+          f"{sum(r.output_len for r in workload)} output tokens, seed {args.seed}; {threads} threads; {args.dtype} "
+          f"on {args.device}",
           flush=True)
     print(f"ours: model loaded in {load_s:.2f} s", flush=True)
     run_ours(llm, make_workload(2, (16, 16), (4, 4), vocab, args.seed + 2))  # warm-up
@@ -294,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _run_hf_phase(args: argparse.Namespace, workload: list[BenchRequest], report: dict[str, Any]) -> list[RunResult]:
-    model, load_s = load_hf(args.dtype)
+    model, load_s = load_hf(args.dtype, args.device)
     print(f"HF: model loaded in {load_s:.2f} s; static batches of {args.hf_batch_size}, each generating its "
           "longest output length; only each request's own output length counts as output tokens", flush=True)
     run_hf(model, make_workload(2, (16, 16), (4, 4), model.config.vocab_size, args.seed + 2), 2)  # warm-up
@@ -309,7 +316,8 @@ def _run_hf_phase(args: argparse.Namespace, workload: list[BenchRequest], report
 
 def _roofline(llm: LLM, b1: list[float], report: dict[str, Any]) -> None:
     # Measured last so its two 512 MiB buffers do not inflate the peak RSS figures above.
-    bandwidth = measure_copy_bandwidth()
+    device = llm.engine.device
+    bandwidth = measure_copy_bandwidth(2048 if device.type == "cuda" else 512, device=device)
     nbytes = decode_bytes_per_step(llm)
     report["batch1"] = {
         "prompt_len": B1_PROMPT_LEN, "output_len": B1_OUTPUT_LEN, "decode_tok_s_trials": b1,

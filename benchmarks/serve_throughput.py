@@ -44,6 +44,7 @@ from benchmarks.serve_latency import (  # noqa: E402
 from llmserve.bench.client import run_load  # noqa: E402
 from llmserve.bench.stats import summarize, wall_duration  # noqa: E402
 from llmserve.bench.workload import random_requests  # noqa: E402
+from llmserve.llm import OFFLINE_MAX_NUM_BATCHED_TOKENS  # noqa: E402
 
 TARGET_RATIO = 0.90
 
@@ -124,11 +125,13 @@ async def load_with_health_probe(url: str, model: str, requests: list) -> tuple[
 
 def engine_flags(args: argparse.Namespace) -> list[str]:
     """The offline engine's settings, so the server runs the same configuration (server args may override)."""
-    flags = ["--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
-             "--max-num-batched-tokens", str(args.max_num_batched_tokens),
-             "--kv-cache-memory", str(args.kv_cache_memory), "--seed", str(args.seed)]
-    for flag, value in (("--quantization", args.quantization), ("--quant-group-size", args.quant_group_size),
-                        ("--quant-skip", args.quant_skip)):
+    flags = ["--dtype", args.dtype, "--device", args.device, "--seed", str(args.seed)]
+    batched = args.max_num_batched_tokens  # None: what the offline LLM takes on this device
+    if batched is None and args.device == "cpu":
+        batched = OFFLINE_MAX_NUM_BATCHED_TOKENS
+    for flag, value in (("--max-num-seqs", args.max_num_seqs), ("--max-num-batched-tokens", batched),
+                        ("--kv-cache-memory", args.kv_cache_memory), ("--quantization", args.quantization),
+                        ("--quant-group-size", args.quant_group_size), ("--quant-skip", args.quant_skip)):
         flags += [flag, str(value)] if value is not None else []
     return flags
 
@@ -140,6 +143,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--input-len", type=parse_range, default=base.input_len, help="LO:HI prompt tokens")
     p.add_argument("--output-len", type=parse_range, default=base.output_len, help="LO:HI output tokens")
     p.add_argument("--seed", type=int, default=base.seed)
+    p.add_argument("--device", default=base.device, help="auto | cpu | cuda | cuda:N, for both (default: auto)")
     p.add_argument("--max-num-seqs", type=int, default=base.max_num_seqs)
     p.add_argument("--max-num-batched-tokens", type=int, default=base.max_num_batched_tokens)
     p.add_argument("--kv-cache-memory", default=base.kv_cache_memory)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llmserve.bench.cli import add_bench_parser
 from llmserve.chat_cli import CHAT_FALLBACK, GREEDY, add_sampling_args, run_chat, sampling_params, stream
-from llmserve.config import parse_size
+from llmserve.config import BACKENDS, CPU_DEFAULTS, CUDA_DEFAULTS, EngineConfig, device_defaults, parse_size
 from llmserve.eval.cli import add_eval_parser
 from llmserve.server.api_key import API_KEY_ENV, resolve_api_key
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
@@ -18,10 +18,23 @@ from llmserve.terminal import write_flushed
 from llmserve.units import parse_duration_s
 
 
+def _gib(size: int | None) -> str:
+    return "sized from GPU memory" if size is None else f"{size / (1 << 30):g}GiB"
+
+
 def _engine_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument("--model", default=None,
                        help="HF folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    add_device_arg(group)
+    group.add_argument("--backend", default="auto", choices=BACKENDS,
+                       help="attention backend: auto (the device's own), cpu (our C kernels), torch (SDPA, any "
+                            "device), cuda (Triton kernels)")
+    group.add_argument("--enforce-eager", action="store_true",
+                       help="CUDA: run every step eagerly, without CUDA graphs (slower decode, faster start)")
+    group.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="FRACTION",
+                       help="CUDA: the fraction of the GPU's memory this engine may use; the KV pool gets what "
+                            "the weights and a profiling forward leave of it (default: 0.9)")
     group.add_argument("--dtype", default="auto",
                        help="auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA and on CPUs with AMX-BF16, "
                             "else fp32)")
@@ -31,12 +44,18 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                             "at load time (default: none, or what a `llmserve quantize` folder holds)")
     _quant_detail_args(group)
     group.add_argument("--max-model-len", type=int, default=None)
-    group.add_argument("--kv-cache-memory", default="2GiB", help="KV cache pool size, e.g. 2GiB")
+    group.add_argument("--kv-cache-memory", default=None,
+                       help=f"KV cache pool size, e.g. 2GiB (default: {_gib(CPU_DEFAULTS.kv_cache_memory)} on CPU, "
+                            f"{_gib(CUDA_DEFAULTS.kv_cache_memory)} on CUDA: see --gpu-memory-utilization)")
     group.add_argument("--block-size", type=int, default=16)
     group.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                        help="reuse the KV of full blocks shared with earlier prompts (default: on)")
-    group.add_argument("--max-num-seqs", type=int, default=64)
-    group.add_argument("--max-num-batched-tokens", type=int, default=512)
+    group.add_argument("--max-num-seqs", type=int, default=None,
+                       help=f"requests per engine step (default: {CPU_DEFAULTS.max_num_seqs} on CPU, "
+                            f"{CUDA_DEFAULTS.max_num_seqs} on CUDA)")
+    group.add_argument("--max-num-batched-tokens", type=int, default=None,
+                       help=f"tokens per engine step (default: {CPU_DEFAULTS.max_num_batched_tokens} on CPU, "
+                            f"{CUDA_DEFAULTS.max_num_batched_tokens} on CUDA)")
     group.add_argument("--threads", type=int, default=None,
                        help="CPU threads (default: adapt to the cores this process may use, fewer while other "
                             "processes keep some busy)")
@@ -53,6 +72,13 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                          help="the class of requests that name none (default: the file's, else p3)")
 
 
+def add_device_arg(group: argparse._ActionsContainer, auto: str = "the first GPU when CUDA is available, "
+                   "else the CPU") -> None:
+    """`--device`, shared by serve, generate, chat, quantize and eval; checked by resolve_device."""
+    group.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                       help=f"where the model runs (default: auto, {auto})")
+
+
 def _quant_detail_args(group: argparse._ActionsContainer) -> None:
     """The int4 group size and the skipped modules, shared by the engine flags and `quantize`."""
     group.add_argument("--quant-group-size", type=int, default=None,
@@ -63,10 +89,21 @@ def _quant_detail_args(group: argparse._ActionsContainer) -> None:
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
+    """The keywords of EngineConfig.create; a bad --device fails here, before anything loads. Settings
+    left unset take the device's defaults; the step's token budget is pinned here so that `generate`
+    and `chat` run what `serve` runs (LLM(...) alone takes larger offline chunks on CPU)."""
+    from llmserve.devices import resolve_device
+
+    device = str(resolve_device(args.device))
+    batched_tokens = args.max_num_batched_tokens
+    if batched_tokens is None:
+        batched_tokens = device_defaults(device).max_num_batched_tokens
     return dict(model=args.model, dtype=args.dtype, load_format=args.load_format, max_model_len=args.max_model_len,
                 kv_cache_memory=args.kv_cache_memory, block_size=args.block_size,
                 enable_prefix_caching=args.prefix_caching, max_num_seqs=args.max_num_seqs,
-                max_num_batched_tokens=args.max_num_batched_tokens, num_threads=args.threads, seed=args.seed,
+                max_num_batched_tokens=batched_tokens, num_threads=args.threads, seed=args.seed,
+                device=device, enforce_eager=args.enforce_eager, backend=args.backend,
+                gpu_memory_utilization=args.gpu_memory_utilization,
                 scheduling_policy=args.scheduling_policy, service_classes=_service_classes(args),
                 quantization=args.quantization, quant_group_size=args.quant_group_size, quant_skip=args.quant_skip)
 
@@ -108,16 +145,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     name = args.served_model_name or args.model or EMBEDDED_MODEL_NAME
     if args.max_request_body < 1 or args.request_read_timeout <= 0:
         raise ValueError("--max-request-body and --request-read-timeout must be positive")
+    engine_args = _engine_kwargs(args)
+    EngineConfig.create(**engine_args)  # a bad setting is a one-line error now, not a failed start-up
     config = ServerConfig(host=args.host, port=args.port, api_key=resolve_api_key(args.api_key, args.api_key_file),
                           max_queued_requests=args.max_queued_requests, served_model_name=name,
                           shutdown_timeout=args.shutdown_timeout, warmup=not args.no_warmup,
                           response_cache=args.response_cache, response_cache_ttl=args.response_cache_ttl,
                           response_cache_shared=args.response_cache_shared, max_request_body=args.max_request_body,
-                          request_read_timeout=args.request_read_timeout, engine_args=_engine_kwargs(args))
+                          request_read_timeout=args.request_read_timeout, engine_args=engine_args)
     return run_server(config, log_level=args.log_level or "INFO")
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from llmserve.devices import resolve_device
     from llmserve.model.loader import load_model, resolve_dtype
     from llmserve.quant.checkpoint import save_quantized
     from llmserve.quant.config import QuantConfig
@@ -126,7 +166,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if not quant.enabled:
         raise ValueError("--quantization must name a method: int8, int4, w8a8 or fp8")
     start = time.perf_counter()
-    device = args.device or ("cuda" if quant.method == "fp8" else "cpu")
+    # auto: the CPU, whose results every device reproduces, except for fp8, which only a GPU can make
+    # (without one, loading says so in fp8's own words).
+    auto = "cuda" if quant.method == "fp8" else "cpu"
+    device = auto if args.device == "auto" else str(resolve_device(args.device))
     loaded = load_model(args.model, resolve_dtype(args.dtype, device), 2048, device=device, quant=quant)
     out = save_quantized(loaded, Path(args.out))
     size = sum(f.stat().st_size for f in out.iterdir())
@@ -143,7 +186,7 @@ def _quantize_parser(sub) -> None:
     quantize.add_argument("--quantization", "-q", required=True, help="int8 | int4 | w8a8 | fp8")
     _quant_detail_args(quantize)
     quantize.add_argument("--dtype", default="auto", help="dtype of what stays unquantized (norms, skipped modules)")
-    quantize.add_argument("--device", default=None, help="where to quantize (default: cpu; cuda for fp8)")
+    add_device_arg(quantize, "the CPU, or the first GPU for fp8, which needs one")
     quantize.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, tokenizer)")
     quantize.set_defaults(func=cmd_quantize)
 

@@ -6,10 +6,30 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmserve.devices import is_cuda, resolve_device
 from llmserve.quant.config import QuantConfig
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
 
 SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3")
+BACKENDS = ("auto", "cpu", "torch", "cuda")  # attention backends (llmserve/backends/); auto: the device's own
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    """What EngineConfig.create uses for the settings a caller leaves at None, per device type."""
+
+    kv_cache_memory: int | None  # None: sized from the GPU's free memory (gpu_memory_utilization)
+    max_num_seqs: int
+    max_num_batched_tokens: int
+
+
+CPU_DEFAULTS = DeviceDefaults(kv_cache_memory=2 << 30, max_num_seqs=64, max_num_batched_tokens=512)
+CUDA_DEFAULTS = DeviceDefaults(kv_cache_memory=None, max_num_seqs=256, max_num_batched_tokens=8192)
+
+
+def device_defaults(device: str) -> DeviceDefaults:
+    """`device`: a resolved device (cpu, cuda:0, ...) or anything resolve_device accepts."""
+    return CUDA_DEFAULTS if is_cuda(resolve_device(device)) else CPU_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -96,14 +116,21 @@ def _sliding_window(cfg: dict[str, Any]) -> int | None:
 @dataclass(frozen=True)
 class CacheConfig:
     block_size: int = 16
-    kv_cache_memory: int | None = 2 << 30  # bytes for the whole KV pool; None: sized from the GPU's memory
-    gpu_memory_utilization: float = 0.9  # with kv_cache_memory None: the share of the GPU the engine may use
+    # Bytes for the whole KV pool; None (CUDA only): what gpu_memory_utilization leaves after the
+    # weights and a profiling forward.
+    kv_cache_memory: int | None = 2 << 30
     num_blocks: int | None = None  # overrides kv_cache_memory when set (tests)
     enable_prefix_caching: bool = True  # reuse full KV blocks across requests that share a prefix
+    # vLLM's meaning: the fraction of the GPU's total memory this engine may use (weights, activations, KV).
+    gpu_memory_utilization: float = 0.9
 
     def __post_init__(self) -> None:
-        _at_least_one(block_size=self.block_size, kv_cache_memory=self.kv_cache_memory or 1,
+        _at_least_one(block_size=self.block_size,
+                      kv_cache_memory=1 if self.kv_cache_memory is None else self.kv_cache_memory,
                       num_kv_blocks=1 if self.num_blocks is None else self.num_blocks)
+        fraction = self.gpu_memory_utilization
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+            raise ValueError(f"gpu_memory_utilization must be a fraction in (0, 1], got {fraction!r}")
 
 
 @dataclass(frozen=True)
@@ -130,9 +157,9 @@ class EngineConfig:
     model: str | None = None  # None => the embedded SmolLM2 GGUF
     dtype: str = "float32"
     load_format: str = "auto"  # auto | safetensors | gguf | dummy
-    device: str = "cpu"
-    backend: str = "auto"  # auto | cpu | torch | cuda (backends/select.py)
-    enforce_eager: bool = False  # no CUDA graphs
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; always stored resolved (cpu, cuda:0, ...)
+    enforce_eager: bool = False  # True: no CUDA graphs, every step runs eagerly
+    backend: str = "auto"  # attention backend: auto (the device's own) | cpu | torch | cuda
     seed: int = 0
     num_threads: int | None = None
     max_model_len: int | None = None
@@ -140,24 +167,45 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
+    def __post_init__(self) -> None:
+        # Frozen, so the resolved name is written past __setattr__: config.device is always concrete.
+        device = resolve_device(self.device)
+        object.__setattr__(self, "device", str(device))
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+        if self.cache.kv_cache_memory is None and self.cache.num_blocks is None and device.type != "cuda":
+            raise ValueError("kv_cache_memory is needed on CPU (only a GPU's pool is sized from its memory)")
+
     @classmethod
     def create(cls, model: str | None = None, *, dtype: str = "auto", max_model_len: int | None = None,
-               kv_cache_memory: int | str = "2GiB", block_size: int = 16, num_kv_blocks: int | None = None,
-               enable_prefix_caching: bool = True, max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
-               scheduling_policy: str = "classes",
+               kv_cache_memory: int | str | None = None, block_size: int = 16, num_kv_blocks: int | None = None,
+               enable_prefix_caching: bool = True, max_num_seqs: int | None = None,
+               max_num_batched_tokens: int | None = None, scheduling_policy: str = "classes",
                service_classes: ServiceClasses | None = None, load_format: str = "auto", seed: int = 0,
-               num_threads: int | None = None, device: str = "cpu", quantization: str | None = None,
+               num_threads: int | None = None, device: str = "auto", enforce_eager: bool = False,
+               backend: str = "auto", gpu_memory_utilization: float = 0.9, quantization: str | None = None,
                quant_group_size: int | None = None, quant_skip: str | list[str] | None = None) -> EngineConfig:
-        """The flat keyword form that LLM(...), AsyncEngine.from_args(...) and the CLI share."""
+        """The flat keyword form that LLM(...), AsyncEngine.from_args(...) and the CLI share.
+
+        kv_cache_memory, max_num_seqs and max_num_batched_tokens left at None take the device's
+        defaults (CPU_DEFAULTS, CUDA_DEFAULTS); values given always win."""
+        resolved = str(resolve_device(device))
+        defaults = device_defaults(resolved)
+        if kv_cache_memory is None:
+            kv_cache_memory = defaults.kv_cache_memory
         return cls(
-            model=model, dtype=dtype, load_format=load_format, device=device, seed=seed,
-            num_threads=num_threads, max_model_len=max_model_len,
+            model=model, dtype=dtype, load_format=load_format, device=resolved, enforce_eager=enforce_eager,
+            backend=backend, seed=seed, num_threads=num_threads, max_model_len=max_model_len,
             quant=QuantConfig.create(quantization, quant_group_size, quant_skip),
-            cache=CacheConfig(block_size=block_size, kv_cache_memory=parse_size(kv_cache_memory),
-                              num_blocks=num_kv_blocks, enable_prefix_caching=enable_prefix_caching),
-            scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                                      policy=scheduling_policy,
-                                      service_classes=service_classes or DEFAULT_SERVICE_CLASSES),
+            cache=CacheConfig(block_size=block_size,
+                              kv_cache_memory=None if kv_cache_memory is None else parse_size(kv_cache_memory),
+                              num_blocks=num_kv_blocks, enable_prefix_caching=enable_prefix_caching,
+                              gpu_memory_utilization=gpu_memory_utilization),
+            scheduler=SchedulerConfig(
+                max_num_seqs=defaults.max_num_seqs if max_num_seqs is None else max_num_seqs,
+                max_num_batched_tokens=(defaults.max_num_batched_tokens if max_num_batched_tokens is None
+                                        else max_num_batched_tokens),
+                policy=scheduling_policy, service_classes=service_classes or DEFAULT_SERVICE_CLASSES),
         )
 
 

@@ -98,3 +98,62 @@ def test_quantization_flags_reach_the_engine_config() -> None:
         config = EngineConfig.create(**_engine_kwargs(args))
         assert config.quant == QuantConfig("int4", 64, ("lm_head", "layers.*.mlp.down_proj"))
     assert EngineConfig.create(**_engine_kwargs(build_parser().parse_args(["serve"]))).quant.enabled is False
+
+
+def _config_from_cli(*argv: str):
+    from llmserve.cli import _engine_kwargs, build_parser
+    from llmserve.config import EngineConfig
+
+    return EngineConfig.create(**_engine_kwargs(build_parser().parse_args(list(argv))))
+
+
+@pytest.mark.parametrize("command", [["serve"], ["generate", "hi"], ["chat"]])
+def test_device_flags_reach_the_engine_config(command, monkeypatch) -> None:
+    from tests.test_devices import fake_gpus
+
+    fake_gpus(monkeypatch, 0)
+    config = _config_from_cli(*command)  # auto, on a machine without a GPU
+    assert config.device == "cpu" and config.backend == "auto" and config.enforce_eager is False
+    assert config.cache.gpu_memory_utilization == 0.9
+    # Today's CPU defaults, byte for byte.
+    assert config.cache.kv_cache_memory == 2 << 30
+    assert (config.scheduler.max_num_seqs, config.scheduler.max_num_batched_tokens) == (64, 512)
+    fake_gpus(monkeypatch, 2)
+    config = _config_from_cli(*command, "--device", "cuda:1", "--enforce-eager", "--gpu-memory-utilization", "0.5",
+                              "--backend", "torch")
+    assert config.device == "cuda:1" and config.backend == "torch" and config.enforce_eager is True
+    assert config.cache.gpu_memory_utilization == 0.5
+    assert config.cache.kv_cache_memory is None  # sized from the GPU's memory
+    assert (config.scheduler.max_num_seqs, config.scheduler.max_num_batched_tokens) == (256, 8192)
+    config = _config_from_cli(*command, "--kv-cache-memory", "4GiB", "--max-num-seqs", "32",
+                              "--max-num-batched-tokens", "2048")
+    assert config.device == "cuda:0"  # auto takes the first GPU
+    assert config.cache.kv_cache_memory == 4 << 30
+    assert (config.scheduler.max_num_seqs, config.scheduler.max_num_batched_tokens) == (32, 2048)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["generate", "hi", "--device", "cuda"], "device 'cuda' needs CUDA"),
+    (["chat", "--device", "cuda:1"], "device 'cuda:1' needs CUDA"),
+    (["serve", "--device", "tpu"], "unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
+    (["serve", "--gpu-memory-utilization", "1.5"], "gpu_memory_utilization must be a fraction in (0, 1]"),
+    (["quantize", "-q", "int8", "--device", "cuda", "--out", "/nonexistent/q"], "device 'cuda' needs CUDA"),
+    (["eval", "--device", "gpu"], "unknown device 'gpu'"),
+])
+def test_a_bad_device_is_a_one_line_error(argv, message) -> None:
+    if "needs CUDA" in message:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    result = _run_cli(*argv)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("llmserve: error: ") and message in lines[0]
+
+
+def test_an_unknown_backend_is_a_usage_error() -> None:
+    result = _run_cli("serve", "--backend", "triton")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "invalid choice: 'triton'" in result.stderr

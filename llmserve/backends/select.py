@@ -7,16 +7,15 @@ import os
 import torch
 
 from llmserve.backends.base import AttentionBackend
-
-BACKEND_NAMES = ("auto", "cpu", "torch", "cuda")
+from llmserve.config import BACKENDS
 
 
 def select_backend(device: torch.device | str, name: str = "auto", enforce_eager: bool = False) -> AttentionBackend:
     """`auto` picks the device's own backend: C kernels on the CPU, Triton on CUDA, the torch
     reference elsewhere. Naming a backend the device cannot run is refused."""
     device = torch.device(device)
-    if name not in BACKEND_NAMES:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
         name = {"cpu": "cpu", "cuda": "cuda"}.get(device.type, "torch")
     if name == "cpu":

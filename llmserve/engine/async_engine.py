@@ -78,7 +78,8 @@ class AsyncEngine:
 
     @classmethod
     def from_args(cls, model: str | None = None, **kwargs: Any) -> AsyncEngine:
-        """Same keywords as LLM(...): AsyncEngine.from_args() serves the embedded model."""
+        """Same keywords as LLM(...) (device="auto" takes the GPU when there is one):
+        AsyncEngine.from_args() serves the embedded model."""
         config = EngineConfig.create(model, **kwargs)  # bad keywords fail here, on the caller's thread
         return cls(lambda: LLMEngine(config))
 

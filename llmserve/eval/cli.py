@@ -34,7 +34,9 @@ def add_eval_parser(sub) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: adapt to the cores this process may use, fewer while other "
                              "processes keep some busy)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (fp8 needs cuda)")
+    parser.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                        help="where every setting runs (default: auto, the first GPU when CUDA is available, else "
+                             "the CPU; fp8 needs a GPU)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="write the table as Markdown")
     parser.set_defaults(func=cmd_eval)
@@ -48,12 +50,14 @@ def _refuse_quantized_checkpoint(model: str | None) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from llmserve.devices import resolve_device
     from llmserve.model.loader import resolve_dtype
 
-    dtype = str(resolve_dtype(args.dtype, args.device)).removeprefix("torch.")
+    device = str(resolve_device(args.device))
+    dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
     settings = parse_settings(args.quantization, dtype, args.quant_group_size, args.quant_skip)
     for setting in settings:
-        setting.quant.check_device(args.device)
+        setting.quant.check_device(device)
     text = Path(args.text).read_text() if args.text else None
     if args.window < 2 or args.max_tokens < 1 or args.decode_tokens < 2:
         raise ValueError("--window must be at least 2, --max-tokens at least 1, --decode-tokens at least 2")
@@ -64,14 +68,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("--batch-sizes must list distinct positive integers, e.g. 1,16")
     _refuse_quantized_checkpoint(args.model)
     options = EvalOptions(model=args.model, text=text, window=args.window, max_tokens=args.max_tokens,
-                          decode_tokens=args.decode_tokens, threads=args.threads, device=args.device,
+                          decode_tokens=args.decode_tokens, threads=args.threads, device=device,
                           batch_sizes=batch_sizes)
     try:
         rows, meta = run_eval(settings, options, progress=lambda line: print(line, file=sys.stderr, flush=True))
     except RuntimeError as exc:  # a setting's process failed; its last error line says why
         print(f"llmserve: error: {exc}", file=sys.stderr)
         return 1
-    table = to_markdown(rows, reference=dtype)
+    table = to_markdown(rows, reference=dtype, device=meta.get("device_name"))
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table)

@@ -60,20 +60,25 @@ def to_json(rows: list[EvalRow], meta: dict) -> dict:
     return {"meta": meta, "rows": [asdict(r) for r in rows]}
 
 
-def to_markdown(rows: list[EvalRow], reference: str | None = None) -> str:
-    """The table, then each setting's decode throughput relative to the `reference` row (the
-    unquantized model in the compared dtype), which says what really beats it on this machine."""
+def to_markdown(rows: list[EvalRow], reference: str | None = None, device: str | None = None) -> str:
+    """The table, then each setting against the `reference` row (the unquantized model in the
+    compared dtype, e.g. bf16 on a GPU): its decode throughput (above 1.00x beats it on this device)
+    and what it costs in perplexity."""
     table = _table(rows)
     ref = next((r for r in rows if r.label == reference), None)
     if ref is None or len(rows) < 3:
-        return table
+        return table if device is None else table + f"\nDevice: {device}\n"
     batches = list(ref.decode)
-    lines = ["", f"Decode throughput relative to {ref.label} (above 1.00x is faster):", "",
-             "| setting | " + " | ".join(f"batch {b}" for b in batches) + " |", "|" + "---|" * (len(batches) + 1)]
+    where = f" on {device}" if device else ""
+    lines = ["", f"Decode throughput relative to {ref.label}{where} (above 1.00x is faster), and perplexity "
+             f"against {ref.label}'s:", "",
+             "| setting | " + " | ".join(f"batch {b}" for b in batches) + f" | perplexity vs {ref.label} |",
+             "|" + "---|" * (len(batches) + 2)]
     for r in rows:
         if r is not ref:
             ratios = [r.decode[b]["tokens_per_second"] / ref.decode[b]["tokens_per_second"] for b in batches]
-            lines.append(f"| {r.label} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
+            cost = r.perplexity / ref.perplexity - 1
+            lines.append(f"| {r.label} | " + " | ".join(f"{x:.2f}x" for x in ratios) + f" | {cost:+.2%} |")
     return table + "\n".join(lines) + "\n"
 
 

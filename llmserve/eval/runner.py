@@ -57,5 +57,13 @@ def _run_one(setting: EvalSetting, options: EvalOptions, tmp: Path, index: int) 
 def _meta(options: EvalOptions) -> dict:
     return {"model": options.model or "embedded SmolLM2-135M-Instruct (GGUF)", "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "threads": options.threads or os.cpu_count(), "device": options.device, "window": options.window,
+            "threads": options.threads or os.cpu_count(), "device": options.device,
+            "device_name": _device_name(options.device), "window": options.window,
             "greedy_tokens": options.max_tokens, "decode_tokens": options.decode_tokens}
+
+
+def _device_name(device: str) -> str:
+    """e.g. 'cuda:0 (NVIDIA H200)', or 'cpu (x86_64)'."""
+    if torch.device(device).type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"{device} ({platform.processor() or platform.machine()})"

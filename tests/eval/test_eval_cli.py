@@ -43,8 +43,10 @@ def test_eval_prints_one_row_per_setting_against_the_fp32_baseline(chat_model, t
     table_lines = printed.split("\n\n")[0].splitlines()
     assert len(table_lines) == 2 + 4  # header, rule, four settings
     assert "Decode throughput relative to bfloat16" in printed
-    ratio_rows = [line for line in printed.splitlines() if re.fullmatch(r"\| .+ \| \d+\.\d\dx \| \d+\.\d\dx \|", line)]
-    assert len(ratio_rows) == 3  # every setting but bfloat16 itself, batch 1 and batch 3
+    assert "Decode throughput relative to bfloat16 on cpu (" in printed  # the device it ran on
+    ratio_rows = [line for line in printed.splitlines()
+                  if re.fullmatch(r"\| .+ \| \d+\.\d\dx \| \d+\.\d\dx \| [+-]\d+\.\d\d% \|", line)]
+    assert len(ratio_rows) == 3  # every setting but bfloat16 itself, batch 1 and batch 3, perplexity cost
 
 
 def test_eval_refuses_a_setting_the_device_cannot_run_before_running_any(chat_model, capsys):
