@@ -41,9 +41,12 @@ def test_chunked_prefill_logits_match(tiny):
         torch.testing.assert_close(ours, _hf_logits(hf_model, ids), atol=1e-4, rtol=1e-4)
 
 
-def test_greedy_generation_matches_transformers(tiny):
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_greedy_generation_matches_transformers(tiny, backend):
+    """The whole engine, on our C kernels and on the torch reference backend."""
     _, folder, hf_model = tiny
-    llm = LLM(str(folder), dtype="float32", num_kv_blocks=64, max_model_len=512)
+    llm = LLM(str(folder), dtype="float32", num_kv_blocks=64, max_model_len=512, backend=backend)
+    assert llm.engine.backend.name == backend
     params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
     outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)
     for ids, out in zip(PROMPTS, outputs, strict=True):
