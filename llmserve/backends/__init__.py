@@ -1,0 +1,1 @@
+"""Device backends: KV layout, per-step attention metadata and device-specific layer ops."""
