@@ -1,4 +1,4 @@
-"""Pieces the Triton kernels share: the interpreter switch and a matrix product that survives it."""
+"""Pieces the Triton kernels share: the interpreter switch and the float32 product precision."""
 
 from __future__ import annotations
 
@@ -6,31 +6,31 @@ import os
 
 import torch
 import triton
-import triton.language as tl
 
 
 def interpreting() -> bool:
-    """True when kernels run under Triton's CPU interpreter (TRITON_INTERPRET=1, read at import as Triton does)."""
+    """True when kernels run under Triton's CPU interpreter (TRITON_INTERPRET=1)."""
     knobs = getattr(triton, "knobs", None)
     if knobs is not None:
         return bool(knobs.runtime.interpret)
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@triton.jit
-def mma(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """a @ b accumulated in float32.
-
-    UPCAST: the interpreter (triton 3.9) multiplies bfloat16 operands as their raw uint16 bits, so under it
-    the operands go to float32 first. A bf16 x bf16 product is exact in float32, so this is the same
-    arithmetic the tensor cores do (fp32 accumulate); only the summation order may differ.
-    PRECISION: "ieee" for float32 inputs so that they are not silently rounded to tf32 on the GPU.
-    """
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
-    return tl.dot(a, b, input_precision=PRECISION)
-
-
 def dot_precision(dtype: torch.dtype) -> str:
-    """float32 attention keeps float32 products (tests compare it near-exactly); 16-bit types ignore this."""
+    """tl.dot's input_precision: "ieee" keeps float32 attention in float32 (tl.dot would round its inputs
+    to tf32 on the GPU, ~1e-3 relative); 16-bit inputs ignore it."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def check_attention_inputs(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:
+    num_q_heads, dim = q.shape[1:]
+    num_kv_heads = key_cache.shape[2]
+    if q.stride(2) != 1:
+        raise ValueError("q's head_dim must be contiguous")
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"{num_q_heads} query heads do not group over {num_kv_heads} kv heads")
+    if dim < 16 or dim & (dim - 1):
+        raise ValueError(f"head_dim must be a power of two >= 16, got {dim}")
+    for t in (key_cache, value_cache):
+        if t.dim() != 4 or t.shape[3] != dim or not t.is_contiguous():
+            raise ValueError("caches must be contiguous [num_blocks, block_size, num_kv_heads, head_dim]")

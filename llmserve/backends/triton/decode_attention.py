@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmserve.backends.triton.common import dot_precision, interpreting, mma
+from llmserve.backends.triton.common import check_attention_inputs, dot_precision
 
 _BLOCK_N = 64
 _MIN_PARTITION = 256
@@ -40,7 +40,7 @@ def _decode_split_kernel(
     q_stride_b, q_stride_h, out_stride_b, out_stride_h, block_table_stride,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PARTITION: tl.constexpr,
-    DIRECT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, NEG: tl.constexpr,
+    DIRECT: tl.constexpr, PRECISION: tl.constexpr, NEG: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -66,14 +66,14 @@ def _decode_split_kernel(
         block = tl.load(table + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
         rows = (block * BLOCK_SIZE + pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM
         k = tl.load(key_cache_ptr + rows[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
-        scores = mma(q, tl.trans(k), UPCAST, PRECISION) * qk_scale
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         scores = tl.where(valid[None, :], scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, 1))
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(scores - m_new[:, None])
         denom = denom * alpha + tl.sum(p, 1)
         v = tl.load(value_cache_ptr + rows[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, UPCAST, PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
 
     # An empty split (or an empty sequence) has denom == 0 and acc == 0: its output is 0, not 0/0.
@@ -133,7 +133,7 @@ def decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
     """
     batch, num_q_heads, dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
-    _check(q, key_cache, value_cache, num_q_heads, num_kv_heads, dim)
+    check_attention_inputs(q, key_cache, value_cache)
     if out is None:
         out = torch.empty_like(q)
     if batch == 0:
@@ -152,7 +152,7 @@ def decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
         scale * _LOG2E, num_splits, q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_table.stride(0),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), NUM_Q_HEADS=num_q_heads,
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_N=_BLOCK_N, PARTITION=partition,
-        DIRECT=direct, UPCAST=interpreting(), PRECISION=dot_precision(q.dtype), NEG=_NEG,
+        DIRECT=direct, PRECISION=dot_precision(q.dtype), NEG=_NEG,
         num_warps=4, num_stages=2)
     if not direct:
         _decode_merge_kernel[(batch, num_q_heads)](
@@ -183,16 +183,3 @@ def _num_sms(device: torch.device) -> int:
     if index not in _SM_COUNTS:
         _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _SM_COUNTS[index]
-
-
-def _check(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, num_q_heads: int,
-           num_kv_heads: int, dim: int) -> None:
-    if q.stride(2) != 1:
-        raise ValueError("q's head_dim must be contiguous")
-    if num_q_heads % num_kv_heads:
-        raise ValueError(f"{num_q_heads} query heads do not group over {num_kv_heads} kv heads")
-    if dim < 16 or dim & (dim - 1):
-        raise ValueError(f"head_dim must be a power of two >= 16, got {dim}")
-    for t in (key_cache, value_cache):
-        if t.dim() != 4 or t.shape[3] != dim or not t.is_contiguous():
-            raise ValueError("caches must be contiguous [num_blocks, block_size, num_kv_heads, head_dim]")

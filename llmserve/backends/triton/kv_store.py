@@ -24,7 +24,9 @@ def _store_kv_kernel(key_ptr, value_ptr, key_cache_ptr, value_cache_ptr, slot_pt
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token).to(tl.int64)
     cols = tl.arange(0, ROW_PAD)
-    mask = (cols < ROW) & (slot >= 0)
+    # A padding row gets an empty column range (the bound, not `& (slot >= 0)`: the interpreter
+    # rejects masks combined with a scalar condition).
+    mask = cols < tl.where(slot >= 0, ROW, 0)
     # int64 offsets: a large pool has more than 2**31 elements per layer.
     dst = slot * ROW + cols
     k = tl.load(key_ptr + token.to(tl.int64) * key_token_stride + cols, mask=mask)
@@ -75,14 +77,14 @@ def _rope_store_kernel(qk_ptr, v_ptr, cos_ptr, sin_ptr, key_cache_ptr, value_cac
     tl.store(q_dst + HALF, out2, mask=is_q)
 
     # k heads follow the q heads in the tile; slot < 0 (graph padding) stores nothing.
-    is_k = (heads >= NUM_Q_HEADS) & in_range & (slot >= 0)
+    is_k = (heads >= NUM_Q_HEADS) & (heads < tl.where(slot >= 0, NUM_Q_HEADS + NUM_KV_HEADS, 0))
     k_dst = key_cache_ptr + slot * (NUM_KV_HEADS * HEAD_DIM) + (heads - NUM_Q_HEADS) * HEAD_DIM + half
     tl.store(k_dst, out1, mask=is_k)
     tl.store(k_dst + HALF, out2, mask=is_k)
 
     kv_heads = tl.arange(0, KV_HEADS_PAD)[:, None]
     dims = tl.arange(0, HEAD_DIM)[None, :]
-    v_mask = (kv_heads < NUM_KV_HEADS) & (slot >= 0)
+    v_mask = kv_heads < tl.where(slot >= 0, NUM_KV_HEADS, 0)
     v = tl.load(v_ptr + token64 * v_token_stride + kv_heads * HEAD_DIM + dims, mask=v_mask)
     tl.store(value_cache_ptr + slot * (NUM_KV_HEADS * HEAD_DIM) + kv_heads * HEAD_DIM + dims, v, mask=v_mask)
 

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmserve.backends.triton.common import dot_precision, interpreting, mma
+from llmserve.backends.triton.common import check_attention_inputs, dot_precision
 
 _BLOCK_N = 64
 _MAX_BLOCK_M = 64
@@ -31,7 +31,7 @@ _NEG = -1.0e30  # finite running-max start: a fully masked tile gives exp2(-inf 
 @triton.jit
 def _attend_tile(acc, m, denom, q, key_cache_ptr, value_cache_ptr, table, tile, seq_len, q_pos, kv_head,
                  qk_scale, dims, MASKED: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+                 BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     pos = tile + tl.arange(0, BLOCK_N)
     if MASKED:
         valid = pos < seq_len
@@ -43,7 +43,7 @@ def _attend_tile(acc, m, denom, q, key_cache_ptr, value_cache_ptr, table, tile, 
         k = tl.load(key_cache_ptr + rows[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
     else:
         k = tl.load(key_cache_ptr + rows[:, None] + dims[None, :])
-    scores = mma(q, tl.trans(k), UPCAST, PRECISION) * qk_scale
+    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if MASKED:
         visible = (pos[None, :] <= q_pos[:, None]) & valid[None, :]
         scores = tl.where(visible, scores, float("-inf"))
@@ -55,7 +55,7 @@ def _attend_tile(acc, m, denom, q, key_cache_ptr, value_cache_ptr, table, tile, 
         v = tl.load(value_cache_ptr + rows[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
     else:
         v = tl.load(value_cache_ptr + rows[:, None] + dims[None, :])
-    acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, UPCAST, PRECISION)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return acc, m_new, denom
 
 
@@ -64,7 +64,7 @@ def _prefill_kernel(
     q_ptr, key_cache_ptr, value_cache_ptr, block_table_ptr, query_start_ptr, seq_lens_ptr, out_ptr,
     qk_scale, q_stride_t, q_stride_h, out_stride_t, out_stride_h, block_table_stride,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
     NEG: tl.constexpr,
 ):
     row_tile = tl.program_id(0)
@@ -97,12 +97,12 @@ def _prefill_kernel(
     table = block_table_ptr + seq.to(tl.int64) * block_table_stride
     for tile in range(0, unmasked_end, BLOCK_N):
         acc, m, denom = _attend_tile(acc, m, denom, q, key_cache_ptr, value_cache_ptr, table, tile, seq_len,
-                                     q_pos, kv_head, qk_scale, dims, False, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-                                     UPCAST, PRECISION)
+                                     q_pos, kv_head, qk_scale, dims, False,
+                                     NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N, PRECISION)
     for tile in range(unmasked_end, key_end, BLOCK_N):
         acc, m, denom = _attend_tile(acc, m, denom, q, key_cache_ptr, value_cache_ptr, table, tile, seq_len,
-                                     q_pos, kv_head, qk_scale, dims, True, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-                                     UPCAST, PRECISION)
+                                     q_pos, kv_head, qk_scale, dims, True,
+                                     NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N, PRECISION)
 
     o = acc / tl.where(denom > 0, denom, 1.0)[:, None]
     tl.store(out_ptr + tokens[:, None] * out_stride_t + head * out_stride_h + dims[None, :],
@@ -118,15 +118,7 @@ def prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
     """
     tokens, num_q_heads, dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
-    if q.stride(2) != 1:
-        raise ValueError("q's head_dim must be contiguous")
-    if num_q_heads % num_kv_heads:
-        raise ValueError(f"{num_q_heads} query heads do not group over {num_kv_heads} kv heads")
-    if dim < 16 or dim & (dim - 1):
-        raise ValueError(f"head_dim must be a power of two >= 16, got {dim}")
-    for t in (key_cache, value_cache):
-        if t.dim() != 4 or t.shape[3] != dim or not t.is_contiguous():
-            raise ValueError("caches must be contiguous [num_blocks, block_size, num_kv_heads, head_dim]")
+    check_attention_inputs(q, key_cache, value_cache)
     if out is None:
         out = torch.empty_like(q)
     batch = seq_lens.shape[0]
@@ -138,6 +130,6 @@ def prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
         q, key_cache, value_cache, block_table, query_start_loc, seq_lens, out,
         scale * _LOG2E, q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_table.stride(0),
         GROUP=num_q_heads // num_kv_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=dim, BLOCK_SIZE=block_size,
-        BLOCK_M=block_m, BLOCK_N=_BLOCK_N, UPCAST=interpreting(), PRECISION=dot_precision(q.dtype), NEG=_NEG,
+        BLOCK_M=block_m, BLOCK_N=_BLOCK_N, PRECISION=dot_precision(q.dtype), NEG=_NEG,
         num_warps=4 if dim <= 64 else 8, num_stages=2)
     return out
