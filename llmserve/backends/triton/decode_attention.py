@@ -153,7 +153,7 @@ def decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), NUM_Q_HEADS=num_q_heads,
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_N=_BLOCK_N, PARTITION=partition,
         DIRECT=direct, PRECISION=dot_precision(q.dtype), NEG=_NEG,
-        num_warps=4, num_stages=2)
+        num_warps=8 if q.dtype == torch.float32 else 4, num_stages=2)  # float32 spills with 4 warps (sm_90)
     if not direct:
         _decode_merge_kernel[(batch, num_q_heads)](
             part_m, part_l, part_o, out, num_splits, out.stride(0), out.stride(1),

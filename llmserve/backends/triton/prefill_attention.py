@@ -124,12 +124,16 @@ def prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
     batch = seq_lens.shape[0]
     if tokens == 0 or batch == 0 or max_query_len <= 0:
         return out
-    block_m = min(_MAX_BLOCK_M, max(16, triton.next_power_of_2(max_query_len)))
+    # float32 tiles take twice the registers (and its "ieee" products run on FMA units): 64 rows spill several
+    # KB per thread on sm_90; 32 rows, 8 warps and no pipelining spill little or nothing. float32 is a
+    # debugging path on the GPU; bf16 is the tuned one (no spills at these sizes, per the sm_90 cubin).
+    wide = q.dtype == torch.float32
+    block_m = min(_MAX_BLOCK_M // 2 if wide else _MAX_BLOCK_M, max(16, triton.next_power_of_2(max_query_len)))
     grid = (triton.cdiv(max_query_len, block_m), num_q_heads, batch)
     _prefill_kernel[grid](
         q, key_cache, value_cache, block_table, query_start_loc, seq_lens, out,
         scale * _LOG2E, q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_table.stride(0),
         GROUP=num_q_heads // num_kv_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=dim, BLOCK_SIZE=block_size,
         BLOCK_M=block_m, BLOCK_N=_BLOCK_N, PRECISION=dot_precision(q.dtype), NEG=_NEG,
-        num_warps=4 if dim <= 64 else 8, num_stages=2)
+        num_warps=4 if dim <= 64 and not wide else 8, num_stages=1 if wide else 2)
     return out
