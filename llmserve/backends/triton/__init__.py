@@ -5,10 +5,10 @@ this package is imported."""
 from __future__ import annotations
 
 from llmserve.backends.triton.common import interpreting
-from llmserve.backends.triton.decode_attention import decode_attention
 from llmserve.backends.triton.kv_store import rope_and_store, store_kv
 from llmserve.backends.triton.layer_ops import rms_norm, silu_and_mul
-from llmserve.backends.triton.prefill_attention import prefill_attention
+from llmserve.backends.triton.paged_decode import decode_attention
+from llmserve.backends.triton.paged_prefill import prefill_attention
 
 if interpreting():
     from llmserve.backends.triton.interpreter import patch_interpreter

@@ -27,7 +27,9 @@ def patch_interpreter() -> None:
         return
     from triton.runtime import interpreter
 
-    builder = interpreter.InterpreterBuilder
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    if builder is None or not hasattr(builder, "cast_impl") or not hasattr(builder, "create_dot"):
+        return  # another interpreter than the one these fixes were written for: leave it alone
     original_cast = builder.cast_impl
     original_dot = builder.create_dot
 

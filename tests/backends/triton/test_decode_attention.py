@@ -38,7 +38,7 @@ def test_mixed_lengths(num_kv_heads: int, group: int, head_dim: int, block_size:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_long_context_uses_several_splits(dtype: torch.dtype, device: torch.device) -> None:
-    from llmserve.backends.triton.decode_attention import _plan_splits
+    from llmserve.backends.triton.paged_decode import _plan_splits
 
     # 1030 tokens of table width split four ways; the 300-token sequence leaves two splits empty
     # and the empty one leaves them all empty.
@@ -70,3 +70,13 @@ def test_q_view_of_fused_projection(device: torch.device) -> None:
     q = fused[:, :4 * 64].view(2, 4, 64)
     out = decode_attention(q, cache.key, cache.value, cache.block_table, cache.seq_lens, 0.125)
     assert_close(out, reference_attention(q, cache, [1, 1], 0.125))
+
+
+def test_empty_block_table_gives_zeros(device: torch.device) -> None:
+    from llmserve.backends.triton import decode_attention
+
+    # A batch made only of padding rows, with a zero-width table: still one split, so out is written.
+    cache = make_cache([0, 0], 16, 1, 64, torch.bfloat16, device, torch.Generator().manual_seed(0))
+    q = torch.randn(2, 2, 64).to(torch.bfloat16).to(device)
+    out = decode_attention(q, cache.key, cache.value, cache.block_table[:, :0], cache.seq_lens, 0.125)
+    assert (out == 0).all()

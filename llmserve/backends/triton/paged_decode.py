@@ -170,7 +170,7 @@ def _plan_splits(batch: int, num_kv_heads: int, max_context: int, device: torch.
     wanted = triton.cdiv(4 * _num_sms(device), batch * num_kv_heads)
     splits = max(1, min(wanted, triton.cdiv(max_context, _MIN_PARTITION)))
     partition = max(_MIN_PARTITION, triton.next_power_of_2(triton.cdiv(max_context, splits)))
-    return partition, triton.cdiv(max_context, partition)
+    return partition, max(1, triton.cdiv(max_context, partition))  # an empty table still writes its zeros
 
 
 _SM_COUNTS: dict[int, int] = {}
