@@ -34,3 +34,12 @@ def check_attention_inputs(q: torch.Tensor, key_cache: torch.Tensor, value_cache
     for t in (key_cache, value_cache):
         if t.dim() != 4 or t.shape[3] != dim or not t.is_contiguous():
             raise ValueError("caches must be contiguous [num_blocks, block_size, num_kv_heads, head_dim]")
+
+
+def output_like(q: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """`out`, checked to fit q (the kernels step over its first two dims by stride), or a new tensor."""
+    if out is None:
+        return torch.empty_like(q)
+    if out.shape != q.shape or out.dtype != q.dtype or out.stride(2) != 1:
+        raise ValueError(f"out must be {tuple(q.shape)} {q.dtype} with a contiguous head_dim")
+    return out

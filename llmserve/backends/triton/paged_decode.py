@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmserve.backends.triton.common import check_attention_inputs, dot_precision
+from llmserve.backends.triton.common import check_attention_inputs, dot_precision, output_like
 
 _BLOCK_N = 64
 _MIN_PARTITION = 256
@@ -134,8 +134,7 @@ def decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
     batch, num_q_heads, dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
     check_attention_inputs(q, key_cache, value_cache)
-    if out is None:
-        out = torch.empty_like(q)
+    out = output_like(q, out)
     if batch == 0:
         return out
     group = num_q_heads // num_kv_heads

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmserve.backends.triton.common import check_attention_inputs, dot_precision
+from llmserve.backends.triton.common import check_attention_inputs, dot_precision, output_like
 
 _BLOCK_N = 64
 _MAX_BLOCK_M = 64
@@ -119,8 +119,7 @@ def prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
     tokens, num_q_heads, dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
     check_attention_inputs(q, key_cache, value_cache)
-    if out is None:
-        out = torch.empty_like(q)
+    out = output_like(q, out)
     batch = seq_lens.shape[0]
     if tokens == 0 or batch == 0 or max_query_len <= 0:
         return out
