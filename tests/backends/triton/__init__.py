@@ -1,0 +1,1 @@
+"""Tests of the Triton kernels (under TRITON_INTERPRET=1 on CPU)."""
