@@ -92,7 +92,13 @@ gpu_tests() {
   "$PY" -m pytest -m gpu -q -p no:cacheprovider $files 2>&1 | tail -25
   local rc=${PIPESTATUS[0]}
   if [ "$rc" -eq 0 ]; then echo "RESULT gpu tests: passed"; else echo "FAILED gpu tests: pytest exit $rc"; fi
-  return "$rc"
+  # The Triton kernel tests run through the interpreter in CI; here they run compiled, on the GPU.
+  "$PY" -m pytest -q -p no:cacheprovider tests/backends/triton tests/backends/test_triton_backend.py \
+    tests/quant/test_triton_matmul.py 2>&1 | tail -15
+  local krc=${PIPESTATUS[0]}
+  if [ "$krc" -eq 0 ]; then echo "RESULT triton kernel tests on the GPU: passed"
+  else echo "FAILED triton kernel tests on the GPU: pytest exit $krc"; fi
+  return $((rc || krc))
 }
 
 if [ -n "$WHEELDIR" ]; then
