@@ -9,7 +9,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from llmserve.config import ModelConfig
-from llmserve.model.layer_ops import PackedWeight, linear, pack_for_amx, rms_norm, silu_and_mul, wants_packed
+from llmserve.model.layer_ops import (
+    PackedWeight,
+    linear,
+    logits_linear,
+    pack_for_amx,
+    rms_norm,
+    silu_and_mul,
+    wants_packed,
+    wants_packed_logits,
+)
 
 
 class RMSNorm(nn.Module):
@@ -83,6 +92,10 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return project(self, x, self.weight, self.bias)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """As the LM head: float32 out, accumulated in float32 (see layer_ops.logits_linear)."""
+        return project_logits(self, x, self.weight, self.bias)
+
 
 def project(module: Linear | MergedLinear | Embedding, x: torch.Tensor, weight: torch.Tensor,
             bias: torch.Tensor | None) -> torch.Tensor:
@@ -90,6 +103,14 @@ def project(module: Linear | MergedLinear | Embedding, x: torch.Tensor, weight: 
     if wants_packed(x):
         module.packed = pack_for_amx(weight, module.packed)
     return linear(x, weight, bias, module.packed)
+
+
+def project_logits(module: Linear | Embedding, x: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    """`project` for the LM head: float32 logits (layer_ops.logits_linear)."""
+    if wants_packed_logits(x):
+        module.packed = pack_for_amx(weight, module.packed)
+    return logits_linear(x, weight, bias, module.packed)
 
 
 class Embedding(nn.Module):
@@ -104,6 +125,10 @@ class Embedding(nn.Module):
     def linear(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied LM head: hidden states times the embedding matrix."""
         return project(self, hidden, self.weight, None)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The tied LM head's float32 logits (see layer_ops.logits_linear)."""
+        return project_logits(self, hidden, self.weight, None)
 
 
 class MergedLinear(nn.Module):

@@ -95,9 +95,11 @@ class LlamaForCausalLM(nn.Module):
         return self.norm.add_and_norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits in the model's dtype: a greedy pick needs no float32 copy (bf16 -> fp32 is exact)."""
-        head = self.embed_tokens.linear if self.lm_head is None else self.lm_head
-        return head(hidden)
+        """float32 logits, accumulated in float32 whatever the model's dtype: rounded to bf16 they tie,
+        and greedy picks go another way than the model's. Every head module (Linear, Embedding and
+        their quantized stand-ins) has `logits`."""
+        head = self.embed_tokens if self.lm_head is None else self.lm_head
+        return head.logits(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype,
                      device: torch.device | str, take: Callable[[str, torch.Tensor], bool] | None = None) -> None:

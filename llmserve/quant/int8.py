@@ -45,13 +45,13 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _int8_dynamic_matmul_torch(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
-                               bias: torch.Tensor | None) -> torch.Tensor:
+                               bias: torch.Tensor | None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     rows = x.shape[0]
     xq, x_scale = quantize_rows_int8(x)
     if xq.is_cuda and rows <= 16:  # cuBLASLt's int8 path wants more than 16 rows
         xq = F.pad(xq, (0, 0, 0, 17 - rows))
     acc = torch._int_mm(xq, qweight.t())[:rows]
-    out = (acc.float() * x_scale * scale).to(x.dtype)
+    out = (acc.float() * x_scale * scale).to(out_dtype or x.dtype)
     return out if bias is None else out + bias
 
 
@@ -86,19 +86,22 @@ class Int8Matmul(nn.Module):
         on_cpu = qweight.device.type == "cpu"
         self._row_kernels = int8_row_kernels(str(dtype).removeprefix("torch.")) if dynamic and on_cpu else None
 
-    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x @ W.T (+ bias)."""
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x @ W.T (+ bias), in x's dtype or `out_dtype`. float32 for logits: the w8a8 and dense paths
+        then compute in float32; the weight-only kernel writes its activation dtype, widened after."""
+        out_dtype = out_dtype or x.dtype
         if self.dynamic:
-            if self._row_kernels is not None:
+            if self._row_kernels is not None and out_dtype == x.dtype:
                 return _int8_dynamic_matmul_fused(x.contiguous(), self.qweight, self.weight_scale, bias,
                                                   *self._row_kernels)
-            return _int8_dynamic_matmul_torch(x, self.qweight, self.weight_scale, bias)
+            return _int8_dynamic_matmul_torch(x, self.qweight, self.weight_scale, bias, out_dtype)
         if x.device.type == "cpu" and x.shape[0] <= WEIGHT_ONLY_KERNEL_MAX_ROWS:
             out = torch.ops.aten._weight_int8pack_mm(x.to(self._scale_kernel.dtype), self.qweight, self._scale_kernel)
-            out = out.to(x.dtype)
+            out = out.to(out_dtype)
         else:
-            chunks = [F.linear(x, self.qweight[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)
-                               * self._scale_dense[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)[:, None])
+            chunks = [F.linear(x.to(out_dtype), self.qweight[lo:lo + DENSE_CHUNK_CHANNELS].to(out_dtype)
+                               * self._scale_dense[lo:lo + DENSE_CHUNK_CHANNELS].to(out_dtype)[:, None])
                       for lo in range(0, self.qweight.shape[0], DENSE_CHUNK_CHANNELS)]
             out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)
         return out if bias is None else out + bias
@@ -124,6 +127,10 @@ class Int8Linear(Int8Matmul):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.bias)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """As the LM head: float32 out."""
+        return self.matmul(x, self.bias, torch.float32)
+
 
 class Int8Embedding(Int8Matmul):
     """Token embeddings as int8 rows with a scale per token. With tied embeddings the same bytes
@@ -144,3 +151,7 @@ class Int8Embedding(Int8Matmul):
 
     def linear(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.matmul(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """As the tied LM head: float32 out."""
+        return self.matmul(hidden, out_dtype=torch.float32)
