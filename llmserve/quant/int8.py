@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from llmserve.model.kernels import int8_row_kernels
+from llmserve.model.layer_ops import chunked_logits_linear
 from llmserve.quant.kernels import aligned, kernel_dtype
 
 # At most this many rows go through the weight-only kernel; more are cheaper dequantized.
@@ -89,7 +90,7 @@ class Int8Matmul(nn.Module):
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None,
                out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """x @ W.T (+ bias), in x's dtype or `out_dtype`. float32 for logits: the w8a8 and dense paths
-        then compute in float32; the weight-only kernel writes its activation dtype, widened after."""
+        then accumulate and write float32; the weight-only kernel writes its activation dtype, widened."""
         out_dtype = out_dtype or x.dtype
         if self.dynamic:
             if self._row_kernels is not None and out_dtype == x.dtype:
@@ -99,12 +100,17 @@ class Int8Matmul(nn.Module):
         if x.device.type == "cpu" and x.shape[0] <= WEIGHT_ONLY_KERNEL_MAX_ROWS:
             out = torch.ops.aten._weight_int8pack_mm(x.to(self._scale_kernel.dtype), self.qweight, self._scale_kernel)
             out = out.to(out_dtype)
+        elif out_dtype != x.dtype:  # float32 logits of a bf16 model
+            out = chunked_logits_linear(x, self.qweight.shape[0], lambda lo, hi: self._dense_weight(x.dtype, lo, hi))
         else:
-            chunks = [F.linear(x.to(out_dtype), self.qweight[lo:lo + DENSE_CHUNK_CHANNELS].to(out_dtype)
-                               * self._scale_dense[lo:lo + DENSE_CHUNK_CHANNELS].to(out_dtype)[:, None])
+            chunks = [F.linear(x, self._dense_weight(x.dtype, lo, lo + DENSE_CHUNK_CHANNELS))
                       for lo in range(0, self.qweight.shape[0], DENSE_CHUNK_CHANNELS)]
             out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)
         return out if bias is None else out + bias
+
+    def _dense_weight(self, dtype: torch.dtype, lo: int, hi: int) -> torch.Tensor:
+        """Output channels lo .. hi-1 dequantized in `dtype`, as the dense path multiplies them."""
+        return self.qweight[lo:hi].to(dtype) * self._scale_dense[lo:hi].to(dtype)[:, None]
 
     def dequantize(self) -> torch.Tensor:
         return dequantize_int8(self.qweight, self.weight_scale)

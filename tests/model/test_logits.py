@@ -139,3 +139,19 @@ def test_the_sampler_gets_float32_logits_from_a_bf16_model(tmp_path, monkeypatch
     outputs = llm.generate([{"prompt_token_ids": [5, 17, 42]}, {"prompt_token_ids": [8, 1, 200]}], params)
     assert [len(o.outputs[0].token_ids) for o in outputs] == [4, 4]
     assert dtypes and set(dtypes) == {torch.float32}
+
+
+@pytest.mark.parametrize("rows", [1, 8, 300])
+def test_a_head_made_a_chunk_at_a_time_gives_the_float32_product(rows, monkeypatch):
+    """chunked_logits_linear (a quantized head dequantizing): chunks of 64 channels of 200, the last
+    8 (not a whole AMX tile) through torch, the rest through amx_linear.c where it runs."""
+    monkeypatch.setattr(layer_ops, "LOGITS_CHUNK_CHANNELS", 64)
+    x, weight, _ = _operands(rows, 200, 64, bias=False)
+    asked = []
+
+    def chunk(lo: int, hi: int) -> torch.Tensor:
+        asked.append((lo, hi))
+        return weight[lo:hi].clone()
+
+    _assert_float32_product(layer_ops.chunked_logits_linear(x, 200, chunk), x, weight, None)
+    assert asked == [(0, 64), (64, 128), (128, 192), (192, 200)]

@@ -202,7 +202,8 @@ def test_the_fused_w8a8_ends_compute_exactly_what_the_torch_ops_compute(dtype, w
 @pytest.mark.parametrize("rows", [1, WEIGHT_ONLY_KERNEL_MAX_ROWS, WEIGHT_ONLY_KERNEL_MAX_ROWS + 1, 64])
 def test_int8_heads_return_float32_logits(rows):
     """Up to WEIGHT_ONLY_KERNEL_MAX_ROWS rows torch's kernel writes bf16, widened as it is; from there
-    the dense path multiplies in float32 (the dequantized weight as the bf16 path has it)."""
+    the dense path accumulates in float32 (amx_linear.c, 1024 channels of the dequantized bf16 weight
+    at a time: 128 here, a partial chunk)."""
     w = _weight()
     layer = Int8Linear.from_float(w, None, torch.bfloat16, dynamic=False)
     embedding = Int8Embedding.from_float(w, torch.bfloat16)
@@ -212,7 +213,7 @@ def test_int8_heads_return_float32_logits(rows):
         if rows <= WEIGHT_ONLY_KERNEL_MAX_ROWS:
             assert torch.equal(logits, layer(x).float())
         else:
-            weight = layer.qweight.double() * layer._scale_dense.double()[:, None]
+            weight = (layer.qweight.to(torch.bfloat16) * layer._scale_dense[:, None]).double()  # as bf16 has it
             torch.testing.assert_close(logits.double(), F.linear(x.double(), weight), rtol=1e-5, atol=1e-5)
 
 
