@@ -87,6 +87,10 @@ class Int4Linear(nn.Module):
             out = F.linear(x, self._dense_weight(x.dtype))
         return out if self.bias is None else out + self.bias
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """As an LM head (which int4 never quantizes, VOCAB_PROJECTION): its output widened to float32."""
+        return self(x).float()
+
     def _dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
         q = self.unpacked()
         scale, zero = self.scales_and_zeros.to(dtype).transpose(0, 1).unbind(-1)

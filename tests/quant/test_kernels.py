@@ -246,3 +246,10 @@ def test_fp8_head_returns_float32_logits_and_widens_bf16_where_the_gemm_cannot_w
         widened = layer.logits(x)
         assert widened.dtype == torch.float32 and not layer._float32_logits
         torch.testing.assert_close(widened, layer(x).float(), rtol=2 ** -7, atol=1e-3)
+
+
+def test_an_int4_linear_as_a_head_widens_its_output_to_float32():
+    layer = Int4Linear.from_float(_weight(), None, 32, torch.bfloat16)
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    logits = layer.logits(x)
+    assert logits.dtype == torch.float32 and torch.equal(logits, layer(x).float())
