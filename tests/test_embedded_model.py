@@ -229,3 +229,14 @@ def test_n2_seeded_sampling(llm) -> None:
     assert first.outputs[0].token_ids != first.outputs[1].token_ids
     again = llm.generate("My favourite animal is", params)[0]
     assert [c.token_ids for c in again.outputs] == [c.token_ids for c in first.outputs]
+
+
+# --- bf16 ---------------------------------------------------------------------------------------------
+
+
+def test_bf16_answers_the_capital_of_france_as_float32_does() -> None:
+    """bf16 logits used to tie in the LM head's bf16 output, and the greedy answer went astray
+    ("L'Étoile, la Marseillaise, ..."); with float32 logits it is the model's own answer."""
+    llm = LLM(dtype="bfloat16", num_threads=THREADS)
+    [output] = llm.chat([_conversation("What is the capital of France?")], GREEDY)
+    assert "Paris" in output.outputs[0].text

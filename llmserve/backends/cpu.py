@@ -63,12 +63,14 @@ class CpuBackend(TorchBackend):
         return layer_ops.linear(x, weight, bias, self._packed_for(module, x, weight))
 
     def logits(self, module: nn.Module, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return super().logits(module, hidden, weight)
+        packed = self._packed_for(module, hidden, weight, layer_ops.wants_packed_logits(hidden))
+        return layer_ops.logits_linear(hidden, weight, None, packed)
 
-    def _packed_for(self, module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> layer_ops.PackedWeight | None:
+    def _packed_for(self, module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
+                    wanted: bool | None = None) -> layer_ops.PackedWeight | None:
         """The AMX packing of `module`'s weight, made on the first batch that can use it."""
         cached = self._packed.get(module)
-        if layer_ops.wants_packed(x):
+        if layer_ops.wants_packed(x) if wanted is None else wanted:
             packed = layer_ops.pack_for_amx(weight, cached)
             if packed is not None and packed is not cached:
                 self._packed[module] = packed

@@ -6,6 +6,7 @@ off; both paths round alike (see layer_ops.c)."""
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from llmserve.model.kernels import (
     amx_linear_kernels,
     layer_op_kernels,
     skinny_linear_bf16,
+    skinny_linear_bf16_f32out,
     skinny_linear_f32,
 )
 from llmserve.model.memory import mapped_tensor
@@ -99,6 +101,13 @@ AMX_MAX_ROWS = 256
 # float32 has no AMX: up to 64 rows skinny_linear.c's FMA kernel beats MKL's sgemm (120 linears:
 # 1 row 18.1 against 19.6 ms, 35 rows 45.7 against 64.6, 64 rows 67.6 against 73.1).
 F32_SKINNY_MAX_ROWS = 64
+# The LM head in bf16 (logits_linear) writes float32, which torch's CPU matmuls cannot from bf16: from 2
+# rows on it takes amx_linear.c whatever the row count, as torch in float32 is slower still (embedded
+# model's head, 49,152 x 576, float32 out: 64 rows 15 against 90 ms, 1024 rows 190 against 460-640 ms).
+LOGITS_AMX_MIN_ROWS = SKINNY_MAX_ROWS + 1
+# Output channels a bf16 LM head widens at a time where it falls back to torch in float32, so that
+# the head never exists whole in float32 (a 128k x 4096 one would be 2 GiB).
+LOGITS_CHUNK_CHANNELS = 1024
 
 
 @dataclass
@@ -165,6 +174,90 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+def wants_packed_logits(x: torch.Tensor) -> bool:
+    """Whether `logits_linear` would use a packed weight for this activation."""
+    return _rows(x) >= LOGITS_AMX_MIN_ROWS and x.dtype == torch.bfloat16 and x.device.type == "cpu"
+
+
+def logits_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  packed: PackedWeight | None = None) -> torch.Tensor:
+    """F.linear accumulated and written in float32 whatever the operands' dtype: the LM head. Logits
+    rounded to bf16 tie (8 bits of mantissa: steps of 1/16 at 20) and greedy picks then go another way.
+
+    float32 operands take `linear` as they are. bf16 ones on CPU take the C kernels' float32-output
+    variants: one row skinny_linear.c's, more amx_linear.c's with `packed` (see LOGITS_AMX_MIN_ROWS).
+    Anything else runs in float32 in torch, LOGITS_CHUNK_CHANNELS output channels at a time.
+    """
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return linear(x, weight, bias, packed)
+    rows = _rows(x)
+    out_features, in_features = weight.shape
+    if x.dtype == torch.bfloat16 and _kernel_operands(x, weight, bias) and rows > 0:
+        if rows <= SKINNY_MAX_ROWS and in_features % 32 == 0 and out_features % 4 == 0 and weight.is_contiguous():
+            kernel = skinny_linear_bf16_f32out()
+            if kernel is not None:
+                return _skinny(kernel, x, weight, bias, rows, torch.float32)
+        if packed is not None and rows >= LOGITS_AMX_MIN_ROWS:
+            kernels = amx_linear_kernels()
+            assert kernels is not None  # packed weights exist only where it does
+            out = x.new_empty(*x.shape[:-1], out_features, dtype=torch.float32)
+            if kernels.linear_f32out(x.data_ptr(), rows, packed.packed.data_ptr(),
+                                     None if bias is None else bias.data_ptr(), out.data_ptr(), out_features,
+                                     in_features, torch.get_num_threads()):
+                raise MemoryError("the AMX linear could not allocate its padded input")
+            return out
+    return _float32_linear(x, weight, bias)
+
+
+def chunked_logits_linear(x: torch.Tensor, out_features: int,
+                          weight_chunk: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """`logits_linear` of a weight that exists only LOGITS_CHUNK_CHANNELS output channels at a time,
+    `weight_chunk(lo, hi)` (a quantized head dequantizing). bf16 chunks go through amx_linear.c, each
+    packed into one reused buffer: for the embedded model's int8 head at 17-128 rows about as fast as
+    torch's bf16 matmul was (16-19 ms), where float32 in torch takes 35-75 ms. Others: torch in float32."""
+    in_features = x.shape[-1]
+    x2 = x.reshape(-1, in_features)
+    rows = x2.shape[0]
+    out = torch.empty(rows, out_features, dtype=torch.float32, device=x.device)
+    amx = None
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and rows >= LOGITS_AMX_MIN_ROWS and in_features % 32 == 0:
+        amx = amx_linear_kernels()
+        x2 = x2.contiguous()
+    x32 = buffer = None
+    for lo in range(0, out_features, LOGITS_CHUNK_CHANNELS):
+        hi = min(lo + LOGITS_CHUNK_CHANNELS, out_features)
+        weight = weight_chunk(lo, hi)
+        if amx is not None and (hi - lo) % 16 == 0 and weight.dtype == torch.bfloat16 and weight.is_contiguous():
+            if buffer is None:
+                buffer = torch.empty(LOGITS_CHUNK_CHANNELS * in_features, dtype=torch.bfloat16)
+            amx.pack(weight.data_ptr(), buffer.data_ptr(), hi - lo, in_features)
+            part = torch.empty(rows, hi - lo)
+            if amx.linear_f32out(x2.data_ptr(), rows, buffer.data_ptr(), None, part.data_ptr(), hi - lo, in_features,
+                                 torch.get_num_threads()):
+                raise MemoryError("the AMX linear could not allocate its padded input")
+            out[:, lo:hi] = part
+        else:
+            if x32 is None:
+                x32 = x2.float()
+            out[:, lo:hi] = F.linear(x32, weight.float())
+    return out.view(*x.shape[:-1], out_features)
+
+
+def _float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear in float32, widening the weight LOGITS_CHUNK_CHANNELS output channels at a time into one
+    reused buffer: a float32 copy of the whole head never exists, and the buffer stays in cache
+    (a fresh float32 copy per call faults its pages in: at 1 row 5x the time)."""
+    out_features, in_features = weight.shape
+    x32 = x.reshape(-1, in_features).float()
+    out = x32.new_empty(x32.shape[0], out_features)
+    buffer = x32.new_empty(min(LOGITS_CHUNK_CHANNELS, out_features), in_features)
+    for lo in range(0, out_features, LOGITS_CHUNK_CHANNELS):
+        hi = min(lo + LOGITS_CHUNK_CHANNELS, out_features)
+        chunk = buffer[:hi - lo].copy_(weight[lo:hi])
+        out[:, lo:hi] = F.linear(x32, chunk, None if bias is None else bias[lo:hi].float())
+    return out.view(*x.shape[:-1], out_features)
+
+
 def _kernel_operands(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether the C linears could take these: CPU, bf16 or float32 throughout, x (and bias) dense."""
     return (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and weight.dtype == x.dtype
@@ -172,9 +265,9 @@ def _kernel_operands(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def _skinny(kernel: ctypes._CFuncPtr, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            rows: int) -> torch.Tensor:
+            rows: int, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     out_features, in_features = weight.shape
-    out = x.new_empty(*x.shape[:-1], out_features)
+    out = x.new_empty(*x.shape[:-1], out_features, dtype=out_dtype or x.dtype)
     kernel(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
            rows, out_features, in_features, torch.get_num_threads())
     return out

@@ -96,13 +96,11 @@ class LlamaForCausalLM(nn.Module):
         return self.norm.add_and_norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 logits on every device and dtype: in bf16, rounding the logits makes near-ties
-        that greedy decoding breaks the other way from transformers."""
+        """float32 logits, accumulated in float32 whatever the model's dtype: rounded to bf16 they tie,
+        and greedy picks go another way than the model's. Every head module (Linear, Embedding and
+        their quantized stand-ins) has `logits`."""
         head = self.embed_tokens if self.lm_head is None else self.lm_head
-        if isinstance(head, Linear | Embedding):
-            return head.logits(hidden)
-        quantized = head.linear if self.lm_head is None else head
-        return quantized(hidden).float()
+        return head.logits(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype,
                      device: torch.device | str, take: Callable[[str, torch.Tensor], bool] | None = None) -> None:

@@ -35,6 +35,8 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_scale", scale.float())
         self.register_buffer("bias", None if bias is None else bias.to(dtype))
         self._scaled_mm_takes = qweight.shape[0] % 16 == 0 and qweight.shape[1] % 16 == 0
+        # Whether _scaled_mm writes float32 here: on CUDA, with row-wise scales, only Hopper's cuBLAS does.
+        self._float32_logits = True
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> Fp8Linear:
@@ -44,6 +46,24 @@ class Fp8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._scaled_mm_takes:
             return F.linear(x, self.dequantize().to(x.dtype), self.bias)
+        out = self._scaled_matmul(x, torch.bfloat16).to(x.dtype)
+        return out if self.bias is None else out + self.bias
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """As the LM head: float32 out, straight from the fp8 GEMM where it can write float32."""
+        if not self._scaled_mm_takes:
+            return F.linear(x.float(), self.dequantize(), None if self.bias is None else self.bias.float())
+        out = None
+        if self._float32_logits:
+            try:
+                out = self._scaled_matmul(x, torch.float32)
+            except (RuntimeError, ValueError):  # "Only bf16 ... output types are supported for row-wise scaling"
+                self._float32_logits = False
+        if out is None:
+            out = self._scaled_matmul(x, torch.bfloat16).float()
+        return out if self.bias is None else out + self.bias
+
+    def _scaled_matmul(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         rows = x.shape[0]
         x32 = x.float()
         x_scale = x32.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12) / FP8_MAX
@@ -52,9 +72,8 @@ class Fp8Linear(nn.Module):
         if pad:
             xq = F.pad(xq.view(torch.uint8), (0, 0, 0, pad)).view(FP8)
             x_scale = F.pad(x_scale, (0, 0, 0, pad), value=1.0)
-        out = torch._scaled_mm(xq, self.qweight.t(), scale_a=x_scale, scale_b=self.weight_scale.view(1, -1),
-                               out_dtype=torch.bfloat16)[:rows].to(x.dtype)
-        return out if self.bias is None else out + self.bias
+        return torch._scaled_mm(xq, self.qweight.t(), scale_a=x_scale, scale_b=self.weight_scale.view(1, -1),
+                                out_dtype=out_dtype)[:rows]
 
     def dequantize(self) -> torch.Tensor:
         return dequantize_fp8(self.qweight, self.weight_scale)

@@ -96,6 +96,10 @@ class Int4Linear(nn.Module):
             out = F.linear(x, self._dense_weight(x.dtype))
         return out if self.bias is None else out + self.bias
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """As an LM head (which int4 never quantizes, VOCAB_PROJECTION): its output widened to float32."""
+        return self(x).float()
+
     def _dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
         if self._triton_dequantize is not None:
             return self._triton_dequantize(self.qweight, self.scales_and_zeros, self.group_size, dtype)

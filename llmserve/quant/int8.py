@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from llmserve.model.kernels import int8_row_kernels
+from llmserve.model.layer_ops import chunked_logits_linear
 from llmserve.quant.kernels import TRITON_KERNEL_MAX_ROWS, aligned, kernel_dtype, triton_kernels
 
 # At most this many rows go through the weight-only kernel; more are cheaper dequantized.
@@ -53,13 +54,13 @@ def int_mm_takes(qweight: torch.Tensor) -> bool:
 
 
 def _int8_dynamic_matmul_torch(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
-                               bias: torch.Tensor | None) -> torch.Tensor:
+                               bias: torch.Tensor | None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     rows = x.shape[0]
     xq, x_scale = quantize_rows_int8(x)
     if xq.is_cuda and rows <= 16:  # cuBLASLt's int8 path wants more than 16 rows
         xq = F.pad(xq, (0, 0, 0, 17 - rows))
     acc = torch._int_mm(xq, qweight.t())[:rows]
-    out = (acc.float() * x_scale * scale).to(x.dtype)
+    out = (acc.float() * x_scale * scale).to(out_dtype or x.dtype)
     return out if bias is None else out + bias
 
 
@@ -99,28 +100,33 @@ class Int8Matmul(nn.Module):
         triton = None if self.dynamic else triton_kernels(qweight.device)
         self._triton_matmul = None if triton is None else triton.int8_matmul
 
-    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x @ W.T (+ bias)."""
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x @ W.T (+ bias), in x's dtype or `out_dtype`. float32 for logits: the w8a8 and dense paths
+        then accumulate and write float32; the weight-only kernels write their activation dtype, widened."""
+        out_dtype = out_dtype or x.dtype
         rows = x.shape[0]
         if self.dynamic:
-            if self._row_kernels is not None:
+            if self._row_kernels is not None and out_dtype == x.dtype:
                 return _int8_dynamic_matmul_fused(x.contiguous(), self.qweight, self.weight_scale, bias,
                                                   *self._row_kernels)
-            return _int8_dynamic_matmul_torch(x, self.qweight, self.weight_scale, bias)
+            return _int8_dynamic_matmul_torch(x, self.qweight, self.weight_scale, bias, out_dtype)
         if self._triton_matmul is not None and rows <= TRITON_KERNEL_MAX_ROWS:
-            return self._triton_matmul(x, self.qweight, self.weight_scale, bias)
+            return self._triton_matmul(x, self.qweight, self.weight_scale, bias).to(out_dtype)
         if x.device.type == "cpu" and rows <= WEIGHT_ONLY_KERNEL_MAX_ROWS:
             out = torch.ops.aten._weight_int8pack_mm(x.to(self._scale_kernel.dtype), self.qweight, self._scale_kernel)
-            out = out.to(x.dtype)
+            out = out.to(out_dtype)
+        elif out_dtype != x.dtype:  # float32 logits of a bf16 model
+            out = chunked_logits_linear(x, self.qweight.shape[0], lambda lo, hi: self._dense_weight(x.dtype, lo, hi))
         else:
-            out = self._dense_matmul(x)
+            chunks = [F.linear(x, self._dense_weight(x.dtype, lo, lo + DENSE_CHUNK_CHANNELS))
+                      for lo in range(0, self.qweight.shape[0], DENSE_CHUNK_CHANNELS)]
+            out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)
         return out if bias is None else out + bias
 
-    def _dense_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        chunks = [F.linear(x, self.qweight[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)
-                           * self._scale_dense[lo:lo + DENSE_CHUNK_CHANNELS].to(x.dtype)[:, None])
-                  for lo in range(0, self.qweight.shape[0], DENSE_CHUNK_CHANNELS)]
-        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)
+    def _dense_weight(self, dtype: torch.dtype, lo: int, hi: int) -> torch.Tensor:
+        """Output channels lo .. hi-1 dequantized in `dtype`, as the dense path multiplies them."""
+        return self.qweight[lo:hi].to(dtype) * self._scale_dense[lo:hi].to(dtype)[:, None]
 
     def dequantize(self) -> torch.Tensor:
         return dequantize_int8(self.qweight, self.weight_scale)
@@ -143,6 +149,10 @@ class Int8Linear(Int8Matmul):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.bias)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """As the LM head: float32 out."""
+        return self.matmul(x, self.bias, torch.float32)
+
 
 class Int8Embedding(Int8Matmul):
     """Token embeddings as int8 rows with a scale per token. With tied embeddings the same bytes
@@ -163,3 +173,7 @@ class Int8Embedding(Int8Matmul):
 
     def linear(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.matmul(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """As the tied LM head: float32 out."""
+        return self.matmul(hidden, out_dtype=torch.float32)

@@ -202,3 +202,62 @@ def test_the_fused_w8a8_ends_compute_exactly_what_the_torch_ops_compute(dtype, w
         assert fused.dtype == dtype
         reference = _int8_dynamic_matmul_torch(x, q, scale, bias)
         assert torch.equal(fused, reference)
+
+
+# --- the LM head: float32 logits ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, WEIGHT_ONLY_KERNEL_MAX_ROWS, WEIGHT_ONLY_KERNEL_MAX_ROWS + 1, 64])
+def test_int8_heads_return_float32_logits(rows):
+    """Up to WEIGHT_ONLY_KERNEL_MAX_ROWS rows torch's kernel writes bf16, widened as it is; from there
+    the dense path accumulates in float32 (amx_linear.c, 1024 channels of the dequantized bf16 weight
+    at a time: 128 here, a partial chunk)."""
+    w = _weight()
+    layer = Int8Linear.from_float(w, None, torch.bfloat16, dynamic=False)
+    embedding = Int8Embedding.from_float(w, torch.bfloat16)
+    x = torch.randn(rows, 256).to(torch.bfloat16)
+    for logits in (layer.logits(x), embedding.logits(x)):
+        assert logits.dtype == torch.float32 and logits.shape == (rows, 128)
+        if rows <= WEIGHT_ONLY_KERNEL_MAX_ROWS:
+            assert torch.equal(logits, layer(x).float())
+        else:
+            weight = (layer.qweight.to(torch.bfloat16) * layer._scale_dense[:, None]).double()  # as bf16 has it
+            torch.testing.assert_close(logits.double(), F.linear(x.double(), weight), rtol=1e-5, atol=1e-5)
+
+
+def test_w8a8_head_returns_its_float32_product_unrounded():
+    layer = Int8Linear.from_float(_weight(), torch.randn(128) * 0.1, torch.bfloat16, dynamic=True)
+    x = torch.randn(5, 256).to(torch.bfloat16)
+    xq, x_scale = quantize_rows_int8(x)
+    expected = (xq.double() * x_scale.double()) @ layer.dequantize().double().T + layer.bias.double()
+    logits = layer.logits(x)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x), logits.to(torch.bfloat16), rtol=2 ** -7, atol=1e-3)  # forward: rounded
+
+
+def test_fp8_head_returns_float32_logits_and_widens_bf16_where_the_gemm_cannot_write_float32(monkeypatch):
+    layer = Fp8Linear.from_float(_weight(), torch.randn(128) * 0.1, torch.bfloat16)
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    logits = layer.logits(x)
+    assert logits.dtype == torch.float32 and logits.shape == (3, 128)
+    torch.testing.assert_close(layer(x), logits.to(torch.bfloat16), rtol=2 ** -7, atol=1e-3)
+    real = torch._scaled_mm
+
+    def bf16_only(*args, out_dtype, **kwargs):  # CUDA's row-wise fp8 GEMM off Hopper
+        if out_dtype != torch.bfloat16:
+            raise RuntimeError("Only bf16 high precision output types are supported for row-wise scaling.")
+        return real(*args, out_dtype=out_dtype, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", bf16_only)
+    for _ in range(2):
+        widened = layer.logits(x)
+        assert widened.dtype == torch.float32 and not layer._float32_logits
+        torch.testing.assert_close(widened, layer(x).float(), rtol=2 ** -7, atol=1e-3)
+
+
+def test_an_int4_linear_as_a_head_widens_its_output_to_float32():
+    layer = Int4Linear.from_float(_weight(), None, 32, torch.bfloat16)
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    logits = layer.logits(x)
+    assert logits.dtype == torch.float32 and torch.equal(logits, layer(x).float())

@@ -93,6 +93,19 @@ def test_w8a8_leaves_the_vocabulary_projection_in_the_model_dtype(tiny, qwen2):
     assert isinstance(untied.lm_head, Linear) and isinstance(untied.embed_tokens, Int8Embedding)
 
 
+@pytest.mark.parametrize("method", ["int8", "int4", "w8a8"])
+@pytest.mark.parametrize("arch", ["tiny", "qwen2"])
+def test_every_quantized_vocabulary_projection_computes_float32_logits(method, arch, request):
+    """The head is an Int8Embedding (tied, int8/int4), an Int8Linear (untied, int8/int4) or the
+    model's own Embedding or Linear (w8a8): each writes float32 logits in a bf16 model."""
+    model = load_model(str(request.getfixturevalue(arch)), torch.bfloat16, 512, quant=QuantConfig(method)).model
+    hidden = torch.randn(20, model.config.hidden_size).to(torch.bfloat16)
+    with torch.inference_mode():
+        for rows in (1, 20):  # int8's weight-only kernel, then its dense path
+            logits = model.compute_logits(hidden[:rows])
+            assert logits.dtype == torch.float32 and logits.shape == (rows, model.config.vocab_size)
+
+
 @pytest.mark.slow
 def test_int4_of_a_block_quantized_gguf_keeps_its_32_wide_grid():
     llm = LLM(None, quantization="int4", max_model_len=256, kv_cache_memory="64MiB")

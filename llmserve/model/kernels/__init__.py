@@ -160,6 +160,11 @@ def skinny_linear_bf16() -> ctypes._CFuncPtr | None:
     return _skinny_linear("skinny_linear_bf16")
 
 
+def skinny_linear_bf16_f32out() -> ctypes._CFuncPtr | None:
+    """skinny_linear_bf16 writing float32 (the LM head's logits), or None as for skinny_linear_bf16."""
+    return _skinny_linear("skinny_linear_bf16_f32out")
+
+
 def skinny_linear_f32() -> ctypes._CFuncPtr | None:
     """skinny_linear.c's float32 linear for a few rows, or None when kernels are unavailable or
     disabled or the CPU lacks AVX-512."""
@@ -181,10 +186,12 @@ def _skinny_linear(symbol: str) -> ctypes._CFuncPtr | None:
 
 @dataclass(frozen=True)
 class AmxLinearKernels:
-    """amx_linear.c: `pack(w, packed, n, k)` once per weight, then `linear(x, m, packed, bias, y, n, k, threads)`."""
+    """amx_linear.c: `pack(w, packed, n, k)` once per weight, then `linear(x, m, packed, bias, y, n, k, threads)`;
+    `linear_f32out` takes the same arguments and writes y in float32 (the LM head's logits)."""
 
     pack: ctypes._CFuncPtr
     linear: ctypes._CFuncPtr
+    linear_f32out: ctypes._CFuncPtr
 
 
 @functools.cache
@@ -197,6 +204,8 @@ def amx_linear_kernels() -> AmxLinearKernels | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     library.pack_weights.argtypes = [ptr, ptr, i64, i64]
     library.pack_weights.restype = None
-    library.amx_linear_bf16.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, ctypes.c_int]
-    library.amx_linear_bf16.restype = ctypes.c_int
-    return AmxLinearKernels(pack=library.pack_weights, linear=library.amx_linear_bf16)
+    for fn in (library.amx_linear_bf16, library.amx_linear_bf16_f32out):
+        fn.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, ctypes.c_int]
+        fn.restype = ctypes.c_int
+    return AmxLinearKernels(pack=library.pack_weights, linear=library.amx_linear_bf16,
+                            linear_f32out=library.amx_linear_bf16_f32out)

@@ -12,7 +12,8 @@
  * 16 outputs and each 32 inputs, 16 rows of 16 bf16 pairs, pair (n, r) = w[n, 2r], w[n, 2r+1].
  *
  *   x: [m, k] bf16 contiguous (a partial last 16-row slab is copied and zero-padded);
- *   packed: [n/16][k/32][16][16][2] bf16; bias: [n] bf16 or NULL; y: [m, n] bf16.
+ *   packed: [n/16][k/32][16][16][2] bf16; bias: [n] bf16 or NULL; y: [m, n] bf16 (float32 for
+ *   amx_linear_bf16_f32out, the LM head's logits).
  *   k a multiple of 32 and n of 16 (the caller checks, and uses torch otherwise).
  */
 #define _GNU_SOURCE /* syscall() */
@@ -128,22 +129,29 @@ static inline void multiply_two_slabs(const uint16_t *a0, const uint16_t *a1, co
     }
 }
 
-/* y rows of slab s, columns of weight tile nt, from the float32 tile at `sums`. */
-static inline void store_rows(const float *sums, int64_t s, int64_t nt, int64_t m, int64_t n, const uint16_t *bias,
-                              uint16_t *y) {
+/* y rows of slab s, columns of weight tile nt, from the float32 tile at `sums`: bf16, or float32 as they
+   are when f32_out. */
+static inline __attribute__((always_inline)) void store_rows(const float *sums, int64_t s, int64_t nt, int64_t m,
+                                                             int64_t n, const uint16_t *bias, void *y,
+                                                             const int f32_out) {
     const __m512 bias_v = bias == NULL ? _mm512_setzero_ps()
                                        : _mm512_castsi512_ps(_mm512_slli_epi32(
                                              _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bias + nt * 16))), 16));
     for (int64_t r = 0; r < SLAB && s * SLAB + r < m; r++) {
-        /* vcvtneps2bf16 rounds to nearest even, as torch does. */
-        const __m256bh out = _mm512_cvtneps_pbh(_mm512_add_ps(_mm512_loadu_ps(sums + r * 16), bias_v));
-        _mm256_storeu_si256((__m256i *)(y + (s * SLAB + r) * n + nt * 16), (__m256i)out);
+        const __m512 sum = _mm512_add_ps(_mm512_loadu_ps(sums + r * 16), bias_v);
+        const int64_t at = (s * SLAB + r) * n + nt * 16;
+        if (f32_out) {
+            _mm512_storeu_ps((float *)y + at, sum);
+        } else { /* vcvtneps2bf16 rounds to nearest even, as torch does. */
+            _mm256_storeu_si256((__m256i *)((uint16_t *)y + at), (__m256i)_mm512_cvtneps_pbh(sum));
+        }
     }
 }
 
 /* Returns 1 when it cannot allocate the zero-padded copy of x's last rows that a tile of 16 rows needs. */
-int amx_linear_bf16(const uint16_t *x, int64_t m, const uint16_t *packed, const uint16_t *bias, uint16_t *y,
-                    int64_t n, int64_t k, int num_threads) {
+static inline __attribute__((always_inline)) int amx_linear(const uint16_t *x, int64_t m, const uint16_t *packed,
+                                                            const uint16_t *bias, void *y, int64_t n, int64_t k,
+                                                            int num_threads, const int f32_out) {
     const int64_t slabs = (m + SLAB - 1) / SLAB, tiles = n / 16;
     /* Only a last partial slab is copied (and zero-padded); the others are read where they lie. */
     uint16_t *tail = NULL;
@@ -171,8 +179,8 @@ int amx_linear_bf16(const uint16_t *x, int64_t m, const uint16_t *packed, const 
                     for (int j = 0; j < nb; j++) {
                         if (j == 0) { _tile_stored(0, sums[0], 64); _tile_stored(1, sums[1], 64); }
                         else { _tile_stored(2, sums[2], 64); _tile_stored(3, sums[3], 64); }
-                        store_rows(sums[2 * j], s, nt0 + j, m, n, bias, y);
-                        store_rows(sums[2 * j + 1], s + 1, nt0 + j, m, n, bias, y);
+                        store_rows(sums[2 * j], s, nt0 + j, m, n, bias, y, f32_out);
+                        store_rows(sums[2 * j + 1], s + 1, nt0 + j, m, n, bias, y, f32_out);
                     }
                 } else {
                     multiply_one_slab(a0, packed, nt0, nb, k);
@@ -180,7 +188,7 @@ int amx_linear_bf16(const uint16_t *x, int64_t m, const uint16_t *packed, const 
                     if (nb > 1) _tile_stored(1, sums[1], 64);
                     if (nb > 2) _tile_stored(2, sums[2], 64);
                     if (nb > 3) _tile_stored(3, sums[3], 64);
-                    for (int j = 0; j < nb; j++) store_rows(sums[j], s, nt0 + j, m, n, bias, y);
+                    for (int j = 0; j < nb; j++) store_rows(sums[j], s, nt0 + j, m, n, bias, y, f32_out);
                 }
             }
         }
@@ -188,5 +196,16 @@ int amx_linear_bf16(const uint16_t *x, int64_t m, const uint16_t *packed, const 
     }
     free(tail);
     return 0;
+}
+
+int amx_linear_bf16(const uint16_t *x, int64_t m, const uint16_t *packed, const uint16_t *bias, uint16_t *y,
+                    int64_t n, int64_t k, int num_threads) {
+    return amx_linear(x, m, packed, bias, y, n, k, num_threads, 0);
+}
+
+/* The same product with y float32: the LM head, whose logits must not be rounded to bf16. */
+int amx_linear_bf16_f32out(const uint16_t *x, int64_t m, const uint16_t *packed, const uint16_t *bias, float *y,
+                           int64_t n, int64_t k, int num_threads) {
+    return amx_linear(x, m, packed, bias, y, n, k, num_threads, 1);
 }
 #endif

@@ -9,8 +9,9 @@
  *   float32: FMAs, 16 products per instruction. The model's 120 linears against MKL's sgemm:
  *         1 row 18.1 against 19.6 ms, 35 rows 45.7 against 64.6, 64 rows 67.6 against 73.1.
  *
- *   x: [m, k], w: [n, k], bias: [n] or NULL, y: [m, n], all of one type; k a multiple of 32
- *   (bf16) or 16 (float32), n a multiple of 4 (the caller checks, and uses torch otherwise)
+ *   x: [m, k], w: [n, k], bias: [n] or NULL, y: [m, n], all of one type (but skinny_linear_bf16_f32out's
+ *   y, float32); k a multiple of 32 (bf16) or 16 (float32), n a multiple of 4 (the caller checks, and
+ *   uses torch otherwise)
  */
 #include <stdint.h>
 
@@ -60,10 +61,11 @@ void skinny_linear_f32(const float *x, const float *w, const float *bias, float 
 }
 
 #ifdef __AVX512BF16__
-/* Output rows n0 .. n0+3 for input rows m0 .. m0+rows-1 (rows <= TILE_M). */
+/* Output rows n0 .. n0+3 for input rows m0 .. m0+rows-1 (rows <= TILE_M), written to y as bf16, or as
+   float32 when f32_out (the sums as they are, unrounded: the LM head's logits). */
 static inline __attribute__((always_inline)) void tile(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
-                                                       uint16_t *y, int64_t m0, const int64_t rows, int64_t n0,
-                                                       int64_t n, int64_t k) {
+                                                       void *y, int64_t m0, const int64_t rows, int64_t n0,
+                                                       int64_t n, int64_t k, const int f32_out) {
     __m512 acc[TILE_M * TILE_N];
     for (int i = 0; i < TILE_M * TILE_N; i++) acc[i] = _mm512_setzero_ps();
     const uint16_t *wt = w + n0 * k;
@@ -80,23 +82,36 @@ static inline __attribute__((always_inline)) void tile(const uint16_t *x, const 
     for (int64_t m = 0; m < rows; m++)
         for (int r = 0; r < TILE_N; r++) {
             const float b = bias == NULL ? 0.0f : bf16_to_f32(bias[n0 + r]);
-            y[(m0 + m) * n + n0 + r] = f32_to_bf16(sums[m * TILE_N + r] + b);
+            if (f32_out) ((float *)y)[(m0 + m) * n + n0 + r] = sums[m * TILE_N + r] + b;
+            else ((uint16_t *)y)[(m0 + m) * n + n0 + r] = f32_to_bf16(sums[m * TILE_N + r] + b);
         }
 }
 
-void skinny_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int64_t m,
-                        int64_t n, int64_t k, int num_threads) {
+static inline __attribute__((always_inline)) void skinny_bf16(const uint16_t *x, const uint16_t *w,
+                                                              const uint16_t *bias, void *y, int64_t m, int64_t n,
+                                                              int64_t k, int num_threads, const int f32_out) {
 #pragma omp parallel for num_threads(num_threads) schedule(static)
     for (int64_t n0 = 0; n0 < n; n0 += TILE_N)
         for (int64_t m0 = 0; m0 < m; m0 += TILE_M) {
             /* Constant row counts, so that the accumulators live in registers. */
             switch (m - m0 < TILE_M ? m - m0 : TILE_M) {
-            case 1: tile(x, w, bias, y, m0, 1, n0, n, k); break;
-            case 2: tile(x, w, bias, y, m0, 2, n0, n, k); break;
-            case 3: tile(x, w, bias, y, m0, 3, n0, n, k); break;
-            default: tile(x, w, bias, y, m0, 4, n0, n, k); break;
+            case 1: tile(x, w, bias, y, m0, 1, n0, n, k, f32_out); break;
+            case 2: tile(x, w, bias, y, m0, 2, n0, n, k, f32_out); break;
+            case 3: tile(x, w, bias, y, m0, 3, n0, n, k, f32_out); break;
+            default: tile(x, w, bias, y, m0, 4, n0, n, k, f32_out); break;
             }
         }
+}
+
+void skinny_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int64_t m,
+                        int64_t n, int64_t k, int num_threads) {
+    skinny_bf16(x, w, bias, y, m, n, k, num_threads, 0);
+}
+
+/* The same product with y float32: the LM head, whose logits must not be rounded to bf16. */
+void skinny_linear_bf16_f32out(const uint16_t *x, const uint16_t *w, const uint16_t *bias, float *y, int64_t m,
+                               int64_t n, int64_t k, int num_threads) {
+    skinny_bf16(x, w, bias, y, m, n, k, num_threads, 1);
 }
 #endif /* __AVX512BF16__ */
 #endif /* __AVX512F__ */
