@@ -36,8 +36,13 @@ class CudaBackend(AttentionBackend):
 
     def __init__(self, device: torch.device, use_graphs: bool = True) -> None:
         super().__init__(device)
+        if device.type == "cuda":  # Triton launches, and graphs capture, on the current device
+            torch.cuda.set_device(device)
         self.use_graphs = use_graphs and device.type == "cuda"
         self.graphs: DecodeGraphs | None = None
+        # Decode steps attend over block tables of this many columns, graphs or not: the decode
+        # kernel's split of the context follows the width, so eager and replayed steps sum alike.
+        self.decode_table_width: int | None = None
         self._fp32_gemm = device.type == "cuda"  # torch.mm(..., out_dtype=float32); off if this torch lacks it
 
     # --- memory ----------------------------------------------------------------------
@@ -53,9 +58,12 @@ class CudaBackend(AttentionBackend):
 
     # --- per step ----------------------------------------------------------------------
     def build_metadata(self, batch: StepBatch) -> PagedMetadata:
+        table = batch.block_table.to(torch.int32)
+        if batch.is_decode_only and self.decode_table_width and table.shape[1] < self.decode_table_width:
+            table = torch.nn.functional.pad(table, (0, self.decode_table_width - table.shape[1]))
         return PagedMetadata(
             slot_mapping=batch.slot_mapping.to(self.device, non_blocking=True),
-            block_table=batch.block_table.to(torch.int32).to(self.device, non_blocking=True),
+            block_table=table.to(self.device, non_blocking=True),
             seq_lens=batch.seq_lens.to(torch.int32).to(self.device, non_blocking=True),
             query_start_loc=batch.query_start_loc.to(torch.int32).to(self.device, non_blocking=True),
             max_query_len=int(batch.query_lens.max()),
@@ -65,15 +73,18 @@ class CudaBackend(AttentionBackend):
     def forward(self, model: nn.Module, batch: StepBatch, kv_caches: list[LayerKVCache]) -> torch.Tensor:
         if self.graphs is not None and batch.is_decode_only and self.graphs.fits(batch):
             hidden = self.graphs.replay(batch)
+            if len(batch.logits_indices) == batch.num_seqs:  # every sequence samples: all rows, in order
+                return hidden
             return hidden.index_select(0, batch.logits_indices.to(self.device, non_blocking=True))
         return super().forward(model, batch, kv_caches)
 
     def capture_graphs(self, model: nn.Module, kv_caches: list[LayerKVCache], max_num_seqs: int,
                        max_model_len: int) -> float:
+        block_size = kv_caches[0].block_size
+        self.decode_table_width = -(-max_model_len // block_size)
         if not self.use_graphs:
             return 0.0
-        block_size = kv_caches[0].block_size
-        self.graphs = DecodeGraphs(self, model, kv_caches, max_num_seqs, -(-max_model_len // block_size), block_size)
+        self.graphs = DecodeGraphs(self, model, kv_caches, max_num_seqs, self.decode_table_width, block_size)
         return self.graphs.capture_seconds
 
     # --- layer ops -----------------------------------------------------------------------
@@ -91,10 +102,12 @@ class CudaBackend(AttentionBackend):
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float,
                  residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if residual is not None:
+            return kernels.rms_norm(x.contiguous(), weight, eps, residual)
         if x.dim() != 2 or not x.is_contiguous():  # per-head q/k norms (Qwen3) see [T, H, D] views
             out, _ = kernels.rms_norm(x.reshape(-1, x.shape[-1]), weight, eps)
             return out.view(x.shape), None
-        return kernels.rms_norm(x, weight, eps, residual)
+        return kernels.rms_norm(x, weight, eps)
 
     def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         return kernels.silu_and_mul(gate_up)

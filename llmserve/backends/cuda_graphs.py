@@ -39,9 +39,16 @@ class StepBuffers:
                      _layout(rows, width).items()}
         self.device = {name: torch.zeros_like(t, device=device) for name, t in self.host.items()}
         self.device["query_start_loc"].copy_(torch.arange(rows + 1, dtype=torch.int32))
+        # Set when the last step's copies have run: a step that samples nothing never waits on the
+        # device, so the next one must not overwrite pinned inputs still queued for copying.
+        self._copied = torch.cuda.Event() if pin else None
 
     def load(self, batch: StepBatch, rows: int) -> None:
-        """Stage `batch` into the first `rows` rows (the rest padding) and start the copies."""
+        """Stage `batch` into the first `rows` rows (the rest padding) and start the copies. Table
+        columns past the batch's width, and padding rows' tables, keep stale ids: no kernel reads a
+        column at or past ceil(seq_len / block_size), and a padding row's sequence length is 0."""
+        if self._copied is not None:
+            self._copied.synchronize()
         n, width = batch.num_seqs, batch.block_table.shape[1]
         host = self.host
         host["input_ids"][:n] = batch.input_ids
@@ -52,10 +59,11 @@ class StepBuffers:
         host["slot_mapping"][n:rows] = -1
         host["seq_lens"][:n] = batch.seq_lens
         host["seq_lens"][n:rows] = 0
-        host["block_table"][:rows].zero_()
         host["block_table"][:n, :width] = batch.block_table
         for name in ("input_ids", "positions", "slot_mapping", "seq_lens", "block_table"):
             self.device[name][:rows].copy_(host[name][:rows], non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
 
 
 def _layout(rows: int, width: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

@@ -12,6 +12,7 @@ from torch import nn
 from llmserve.backends.base import KVCacheSpec
 from llmserve.config import SchedulerConfig
 from llmserve.engine.scheduler_output import SamplingInputs, ScheduledSequence, SchedulerOutput
+from llmserve.runner.sampler import Sampler
 from llmserve.runner.step_batch import build_step_batch
 from llmserve.sampling_params import SamplingParams
 
@@ -30,9 +31,9 @@ def profile_kv_budget(backend: CudaBackend, model: nn.Module, spec: KVCacheSpec,
     device = backend.device
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    _largest_step(backend, model, spec, sched)
+    scratch = _largest_step(backend, model, spec, sched)
     torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device)
+    peak = torch.cuda.max_memory_allocated(device) - scratch  # the scratch pool is the real pool's to take
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
     outside_torch = total - free - torch.cuda.memory_reserved(device)  # the CUDA context, cuBLAS, NCCL...
@@ -46,9 +47,9 @@ def profile_kv_budget(backend: CudaBackend, model: nn.Module, spec: KVCacheSpec,
     return budget
 
 
-def _largest_step(backend: CudaBackend, model: nn.Module, spec: KVCacheSpec, sched: SchedulerConfig) -> None:
+def _largest_step(backend: CudaBackend, model: nn.Module, spec: KVCacheSpec, sched: SchedulerConfig) -> int:
     """One forward at the token budget, with logits and sampling for the most sequences a step holds,
-    on a scratch KV pool just large enough for it."""
+    on a scratch KV pool just large enough for it; returns the scratch pool's bytes."""
     tokens = sched.max_num_batched_tokens
     lengths = [min(sched.max_model_len, tokens - done) for done in range(0, tokens, sched.max_model_len)]
     num_sampled = min(sched.max_num_seqs, tokens)
@@ -62,5 +63,8 @@ def _largest_step(backend: CudaBackend, model: nn.Module, spec: KVCacheSpec, sch
     hidden = backend.forward(model, build_step_batch(SchedulerOutput(sequences), spec.block_size), caches)
     rows = hidden.new_zeros(num_sampled, hidden.shape[-1])  # as many sampled rows as a step can have
     logits = model.compute_logits(rows)
-    torch.softmax(logits, dim=-1).argmax(dim=-1)  # the sampler's float32 working copies
-    del caches
+    # The sampler's costliest path: penalties, top-k/top-p sorting, logprobs, a random draw.
+    costly = SamplingParams(temperature=0.8, top_p=0.9, top_k=50, repetition_penalty=1.1, logprobs=20)
+    Sampler(seed=0).sample(logits, [costly] * num_sampled, [[0]] * num_sampled, [[0]] * num_sampled,
+                           [None] * num_sampled, [[]] * num_sampled)
+    return next_block * spec.bytes_per_block

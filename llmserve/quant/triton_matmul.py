@@ -36,8 +36,8 @@ def _int8_matmul_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, til
                         HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
     pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # offsets past 2**31 elements
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_first = split * tiles_per_split * BLOCK_K
     for tile in range(tiles_per_split):
@@ -66,8 +66,8 @@ def _int4_matmul_kernel(x_ptr, w_ptr, sz_ptr, bias_ptr, out_ptr, M, N, K, tiles_
     HALF: tl.constexpr = BLOCK_K // 2
     GROUPS: tl.constexpr = BLOCK_K // GROUP
     pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # offsets past 2**31 elements
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_first = split * tiles_per_split * BLOCK_K
     for tile in range(tiles_per_split):
@@ -105,7 +105,7 @@ def _int4_dequantize_kernel(w_ptr, sz_ptr, out_ptr, N, K, stride_wn, stride_sg, 
     """One group of BLOCK_N output channels: out[n, k] = (q - 8) * scale + zero, in out's dtype."""
     HALF: tl.constexpr = GROUP // 2
     pid_n, group = tl.program_id(0), tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_half = group * HALF + tl.arange(0, HALF)
     mask = offs_n[:, None] < N
     packed = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_half[None, :], mask=mask, other=0)
