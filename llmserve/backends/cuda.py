@@ -82,10 +82,26 @@ class CudaBackend(AttentionBackend):
                        max_model_len: int) -> float:
         block_size = kv_caches[0].block_size
         self.decode_table_width = -(-max_model_len // block_size)
+        if self.device.type == "cuda":
+            self._compile_prefill_kernels(model, kv_caches, block_size)
         if not self.use_graphs:
             return 0.0
         self.graphs = DecodeGraphs(self, model, kv_caches, max_num_seqs, self.decode_table_width, block_size)
         return self.graphs.capture_seconds
+
+    @torch.inference_mode()
+    def _compile_prefill_kernels(self, model: nn.Module, kv_caches: list[LayerKVCache], block_size: int) -> None:
+        """Prefill tiles of 16, 32 and 64 query rows are separate kernels; compiling each now keeps the
+        first short or long prompt from stalling a step for a second. Nothing is stored (slot -1)."""
+        for query_len in (9, 20, 40):
+            lens = torch.tensor([1, query_len])
+            tokens = int(lens.sum())
+            batch = StepBatch(input_ids=torch.zeros(tokens, dtype=torch.long),
+                              positions=torch.cat((torch.zeros(1, dtype=torch.long), torch.arange(query_len))),
+                              slot_mapping=torch.full((tokens,), -1, dtype=torch.long), query_lens=lens,
+                              seq_lens=lens, block_table=torch.zeros(2, -(-query_len // block_size), dtype=torch.long),
+                              num_decodes=1, logits_indices=torch.tensor([0]), block_size=block_size)
+            self.forward(model, batch, kv_caches)
 
     # --- layer ops -----------------------------------------------------------------------
     def rotate_and_store(self, qk: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
