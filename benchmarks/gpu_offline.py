@@ -118,25 +118,9 @@ def run_ours_child(args: argparse.Namespace) -> None:
 
 def batch1_decode_tok_s(llm, vocab: int, seed: int, input_len: int, output_len: int, trials: int = 2) -> float:
     """Best decode tokens/s of one request alone, from its first token (after the prefill) to its last."""
-    from benchmarks.common import make_workload
-    from benchmarks.offline_throughput import greedy
+    from benchmarks.offline_throughput import batch1_decode_tok_s as trial_rates
 
-    engine = llm.engine
-    request = make_workload(1, (input_len, input_len), (output_len, output_len), vocab, seed + 1)[0]
-    rates = []
-    for trial in range(trials):
-        engine.add_request(f"gpu-batch1-{trial}", request.prompt_token_ids, greedy(output_len))
-        first = last = None
-        while engine.has_unfinished_requests():
-            outs = engine.step()
-            now = time.perf_counter()
-            if first is None and any(o.outputs[0].token_ids for o in outs):
-                first = now
-            if any(o.finished for o in outs):
-                last = now
-        assert first is not None and last is not None
-        rates.append((output_len - 1) / (last - first))
-    return max(rates)
+    return max(trial_rates(llm, vocab, seed, input_len, output_len, trials))
 
 
 # --- transformers (child process) --------------------------------------------------------------

@@ -105,14 +105,14 @@ def _result(seconds: float, workload: list[BenchRequest], outputs: list[list[int
                      sum(r.output_len for r in workload), computed, outputs)
 
 
-def batch1_decode_tok_s(llm: LLM, vocab_size: int, seed: int) -> list[float]:
+def batch1_decode_tok_s(llm: LLM, vocab_size: int, seed: int, prompt_len: int = B1_PROMPT_LEN,
+                        output_len: int = B1_OUTPUT_LEN, trials: int = B1_TRIALS) -> list[float]:
     """Decode tokens/s of one request alone, timed from its first token (the prefill) to its last."""
     engine = llm.engine
-    request = make_workload(1, (B1_PROMPT_LEN, B1_PROMPT_LEN), (B1_OUTPUT_LEN, B1_OUTPUT_LEN), vocab_size,
-                            seed + 1)[0]
+    request = make_workload(1, (prompt_len, prompt_len), (output_len, output_len), vocab_size, seed + 1)[0]
     rates = []
-    for trial in range(B1_TRIALS):
-        engine.add_request(f"bench-batch1-{trial}", request.prompt_token_ids, greedy(B1_OUTPUT_LEN))
+    for trial in range(trials):
+        engine.add_request(f"bench-batch1-{trial}", request.prompt_token_ids, greedy(output_len))
         first = last = None
         while engine.has_unfinished_requests():
             outs = engine.step()
@@ -122,7 +122,7 @@ def batch1_decode_tok_s(llm: LLM, vocab_size: int, seed: int) -> list[float]:
             if any(o.finished for o in outs):
                 last = now
         assert first is not None and last is not None
-        rates.append((B1_OUTPUT_LEN - 1) / (last - first))
+        rates.append((output_len - 1) / (last - first))
     return rates
 
 
