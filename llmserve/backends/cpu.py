@@ -12,9 +12,9 @@ import weakref
 import torch
 from torch import nn
 
+from llmserve.backends import cpu_ops
 from llmserve.backends.base import LayerKVCache
 from llmserve.backends.torch_ref import AttentionGroup, GroupedMetadata, TorchBackend, sdpa_group_attention
-from llmserve.model import layer_ops
 from llmserve.model.kernels import paged_decode_attention
 from llmserve.model.memory import mapped_tensor, populate
 
@@ -27,7 +27,7 @@ class CpuBackend(TorchBackend):
 
     def __init__(self, device: torch.device) -> None:
         super().__init__(device)
-        self._packed: weakref.WeakKeyDictionary[nn.Module, layer_ops.PackedWeight] = weakref.WeakKeyDictionary()
+        self._packed: weakref.WeakKeyDictionary[nn.Module, cpu_ops.PackedWeight] = weakref.WeakKeyDictionary()
 
     def _zeros(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         # An anonymous mapping is zero-filled lazily by the OS, so a multi-GiB pool costs nothing at
@@ -49,29 +49,29 @@ class CpuBackend(TorchBackend):
 
     def rotate_and_store(self, qk: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                          cache: LayerKVCache, meta: GroupedMetadata, num_q_heads: int) -> torch.Tensor:
-        return layer_ops.rotate_and_store(qk, v, cos, sin, cache, meta.slot_mapping, num_q_heads)
+        return cpu_ops.rotate_and_store(qk, v, cos, sin, cache, meta.slot_mapping, num_q_heads)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float,
                  residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return layer_ops.rms_norm(x, weight, eps, residual)
+        return cpu_ops.rms_norm(x, weight, eps, residual)
 
     def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        return layer_ops.silu_and_mul(gate_up)
+        return cpu_ops.silu_and_mul(gate_up)
 
     def linear(self, module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
                bias: torch.Tensor | None) -> torch.Tensor:
-        return layer_ops.linear(x, weight, bias, self._packed_for(module, x, weight))
+        return cpu_ops.linear(x, weight, bias, self._packed_for(module, x, weight))
 
     def logits(self, module: nn.Module, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        packed = self._packed_for(module, hidden, weight, layer_ops.wants_packed_logits(hidden))
-        return layer_ops.logits_linear(hidden, weight, None, packed)
+        packed = self._packed_for(module, hidden, weight, cpu_ops.wants_packed_logits(hidden))
+        return cpu_ops.logits_linear(hidden, weight, None, packed)
 
     def _packed_for(self, module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
-                    wanted: bool | None = None) -> layer_ops.PackedWeight | None:
+                    wanted: bool | None = None) -> cpu_ops.PackedWeight | None:
         """The AMX packing of `module`'s weight, made on the first batch that can use it."""
         cached = self._packed.get(module)
-        if layer_ops.wants_packed(x) if wanted is None else wanted:
-            packed = layer_ops.pack_for_amx(weight, cached)
+        if cpu_ops.wants_packed(x) if wanted is None else wanted:
+            packed = cpu_ops.pack_for_amx(weight, cached)
             if packed is not None and packed is not cached:
                 self._packed[module] = packed
             return packed

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from llmserve.backends.cpu_ops import chunked_logits_linear
 from llmserve.model.kernels import int8_row_kernels
-from llmserve.model.layer_ops import chunked_logits_linear
 from llmserve.quant.kernels import TRITON_KERNEL_MAX_ROWS, aligned, kernel_dtype, triton_kernels
 
 # At most this many rows go through the weight-only kernel; more are cheaper dequantized.

@@ -4,7 +4,7 @@
  * There a linear layer is bound by reading its weights once, but torch's matmuls reach only
  * 10-20 GB/s of weights at a few rows on this CPU. This walks the weights once, 4 output rows at
  * a time, each against up to 4 input rows, the 16 dot products reduced together by hsum16.
- *   bf16: vdpbf16ps (32 products per instruction, float32 sums), 20-50 GB/s. layer_ops.py sends
+ *   bf16: vdpbf16ps (32 products per instruction, float32 sums), 20-50 GB/s. backends/cpu_ops.py sends
  *         it one row: from 2 rows the AMX kernel (amx_linear.c) is faster.
  *   float32: FMAs, 16 products per instruction. The model's 120 linears against MKL's sgemm:
  *         1 row 18.1 against 19.6 ms, 35 rows 45.7 against 64.6, 64 rows 67.6 against 73.1.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmserve.backends import cpu_ops
 from llmserve.backends.base import KVCacheSpec
 from llmserve.backends.select import select_backend
-from llmserve.model import layer_ops
 from llmserve.model.kernels import layer_op_kernels
 from llmserve.model.layers import Linear
 
@@ -20,7 +20,7 @@ def torch_only(monkeypatch):
 
     def run(fn, *args, **kwargs):
         with monkeypatch.context() as m:
-            m.setattr(layer_ops, "layer_op_kernels", lambda _dtype: None)
+            m.setattr(cpu_ops, "layer_op_kernels", lambda _dtype: None)
             return fn(*args, **kwargs)
 
     return run
@@ -52,15 +52,15 @@ def test_rms_norm_with_and_without_residual(cols, dtype, torch_only):
     residual = torch.randn(37, cols, generator=gen).to(dtype)
     weight = (1 + 0.1 * torch.randn(cols, generator=gen)).to(dtype)
     before = residual.clone()
-    expected, expected_sum = torch_only(layer_ops.rms_norm, x, weight, 1e-5, before)
-    out, total = layer_ops.rms_norm(x, weight, 1e-5, residual)
+    expected, expected_sum = torch_only(cpu_ops.rms_norm, x, weight, 1e-5, before)
+    out, total = cpu_ops.rms_norm(x, weight, 1e-5, residual)
     assert torch.equal(total, x + before)  # one rounding of the sum, as torch's add
     assert total.data_ptr() == residual.data_ptr()  # written in place
     assert torch.equal(total, expected_sum)
     _assert_rounding_close(out, expected)
-    plain, none = layer_ops.rms_norm(x, weight, 1e-5)
+    plain, none = cpu_ops.rms_norm(x, weight, 1e-5)
     assert none is None
-    _assert_rounding_close(plain, torch_only(layer_ops.rms_norm, x, weight, 1e-5)[0])
+    _assert_rounding_close(plain, torch_only(cpu_ops.rms_norm, x, weight, 1e-5)[0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -68,9 +68,9 @@ def test_rms_norm_rows_are_independent_of_the_batch(dtype):
     _need_kernels(dtype)
     x = torch.randn(300, 64).to(dtype)  # enough elements to run threaded
     weight = torch.ones(64, dtype=dtype)
-    whole = layer_ops.rms_norm(x, weight, 1e-6)[0]
+    whole = cpu_ops.rms_norm(x, weight, 1e-6)[0]
     for row in (0, 151, 299):
-        assert torch.equal(layer_ops.rms_norm(x[row:row + 1].clone(), weight, 1e-6)[0][0], whole[row])
+        assert torch.equal(cpu_ops.rms_norm(x[row:row + 1].clone(), weight, 1e-6)[0][0], whole[row])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -79,7 +79,7 @@ def test_rms_norm_falls_back_for_strided_input(dtype):
     weight = torch.ones(64, dtype=dtype)
     x32 = x.float()
     expected = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
-    torch.testing.assert_close(layer_ops.rms_norm(x, weight, 1e-6)[0], expected)
+    torch.testing.assert_close(cpu_ops.rms_norm(x, weight, 1e-6)[0], expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -88,9 +88,9 @@ def test_silu_and_mul(rows, cols, dtype, torch_only):
     """Widths that are and are not a multiple of the 16 lanes; enough rows to split among threads."""
     _need_kernels(dtype)
     gate_up = (torch.randn(rows, 2 * cols) * 4).to(dtype)
-    expected = torch_only(layer_ops.silu_and_mul, gate_up)
-    _assert_rounding_close(layer_ops.silu_and_mul(gate_up), expected)
-    assert layer_ops.silu_and_mul(gate_up).shape == (rows, cols)
+    expected = torch_only(cpu_ops.silu_and_mul, gate_up)
+    _assert_rounding_close(cpu_ops.silu_and_mul(gate_up), expected)
+    assert cpu_ops.silu_and_mul(gate_up).shape == (rows, cols)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -107,8 +107,8 @@ def test_rotate_and_store(q_heads, kv_heads, dim, dtype, torch_only):
     slots = torch.randperm(8 * block, generator=gen)[:tokens]
     spec = KVCacheSpec(1, kv_heads, dim, block, dtype)
     ours, reference = (select_backend("cpu").allocate_kv_cache(spec, 8)[0] for _ in range(2))
-    q = layer_ops.rotate_and_store(qk, v, cos, sin, ours, slots, q_heads)
-    expected_q = torch_only(layer_ops.rotate_and_store, qk, v, cos, sin, reference, slots, q_heads)
+    q = cpu_ops.rotate_and_store(qk, v, cos, sin, ours, slots, q_heads)
+    expected_q = torch_only(cpu_ops.rotate_and_store, qk, v, cos, sin, reference, slots, q_heads)
     assert q.shape == (tokens, q_heads, dim) and q.is_contiguous()
     assert torch.equal(q, expected_q)
     assert torch.equal(ours.key, reference.key) and torch.equal(ours.value, reference.value)
@@ -131,7 +131,7 @@ def test_linear_matches_a_float32_product(rows, out_features, in_features, bias)
     weight = torch.randn(out_features, in_features, generator=gen).to(torch.bfloat16)
     b = torch.randn(out_features, generator=gen).to(torch.bfloat16) if bias else None
     expected = torch.nn.functional.linear(x.float(), weight.float(), None if b is None else b.float())
-    out = layer_ops.linear(x, weight, b, layer_ops.pack_for_amx(weight, None))
+    out = cpu_ops.linear(x, weight, b, cpu_ops.pack_for_amx(weight, None))
     assert out.dtype == torch.bfloat16 and out.shape == (rows, out_features)
     torch.testing.assert_close(out.float(), expected, rtol=2 ** -7, atol=1e-3)
 
@@ -147,18 +147,18 @@ def test_float32_linear_matches_torch(rows, out_features, in_features, bias):
     weight = torch.randn(out_features, in_features, generator=gen)
     b = torch.randn(out_features, generator=gen) if bias else None
     expected = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
-    out = layer_ops.linear(x, weight, b)
+    out = cpu_ops.linear(x, weight, b)
     assert out.dtype == torch.float32 and out.shape == (rows, out_features)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)
 
 
 def _record_rows(monkeypatch, kernel_name: str) -> list[int]:
-    """The row counts each call of layer_ops' `kernel_name` kernel gets from now on."""
-    real = getattr(layer_ops, kernel_name)()
+    """The row counts each call of cpu_ops' `kernel_name` kernel gets from now on."""
+    real = getattr(cpu_ops, kernel_name)()
     if real is None:
         pytest.skip(f"no C compiler, or the CPU cannot run {kernel_name}")
     calls: list[int] = []
-    monkeypatch.setattr(layer_ops, kernel_name, lambda: lambda *args: (calls.append(args[4]), real(*args)))
+    monkeypatch.setattr(cpu_ops, kernel_name, lambda: lambda *args: (calls.append(args[4]), real(*args)))
     return calls
 
 
@@ -166,8 +166,8 @@ def test_float32_linear_takes_the_kernel_up_to_64_rows(monkeypatch):
     calls = _record_rows(monkeypatch, "skinny_linear_f32")
     weight = torch.randn(64, 64)
     for rows in (1, 64, 65):
-        layer_ops.linear(torch.randn(rows, 64), weight)
-    layer_ops.linear(torch.randn(2, 64).t().contiguous().t(), weight)  # strided x: torch
+        cpu_ops.linear(torch.randn(rows, 64), weight)
+    cpu_ops.linear(torch.randn(2, 64).t().contiguous().t(), weight)  # strided x: torch
     assert calls == [1, 64]
 
 
@@ -175,13 +175,13 @@ def test_linear_takes_the_skinny_kernel_for_one_row(monkeypatch):
     calls = _record_rows(monkeypatch, "skinny_linear_bf16")
     weight = torch.randn(64, 64).to(torch.bfloat16)
     for rows in (1, 2, 3):
-        layer_ops.linear(torch.randn(rows, 64).to(torch.bfloat16), weight)
-    layer_ops.linear(torch.randn(1, 64), weight.float())  # float32: not the bf16 kernel
+        cpu_ops.linear(torch.randn(rows, 64).to(torch.bfloat16), weight)
+    cpu_ops.linear(torch.randn(1, 64), weight.float())  # float32: not the bf16 kernel
     assert calls == [1]
 
 
 def test_projection_packs_its_weight_once_and_again_when_it_changes():
-    if layer_ops.amx_linear_kernels() is None:
+    if cpu_ops.amx_linear_kernels() is None:
         pytest.skip("no C compiler or no AMX")
     backend = select_backend("cpu")
     layer = Linear(64, 32, backend).to(torch.bfloat16)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from llmserve.model import layer_ops
+from llmserve.backends import cpu_ops
 from llmserve.model.loader import load_model
 from tests.tiny_models import save_tiny_model
 
@@ -45,7 +45,7 @@ def test_logits_linear_is_the_float32_product_of_bf16_operands(rows, out_feature
     """1 row: skinny_linear.c; 2 rows and more, 257 and 300 included, amx_linear.c writing float32
     (shapes it takes); odd shapes (30 x 48): torch in float32."""
     x, weight, b = _operands(rows, out_features, in_features, bias)
-    out = layer_ops.logits_linear(x, weight, b, layer_ops.pack_for_amx(weight, None))
+    out = cpu_ops.logits_linear(x, weight, b, cpu_ops.pack_for_amx(weight, None))
     _assert_float32_product(out, x, weight, b)
 
 
@@ -53,32 +53,32 @@ def test_logits_linear_is_the_float32_product_of_bf16_operands(rows, out_feature
 def test_the_torch_fallback_is_float32_in_chunks_of_output_channels(rows, monkeypatch):
     """No kernels (another CPU, LLMSERVE_NO_KERNELS): torch in float32, the weight widened a few
     channels at a time (here 64 of 200, a partial last chunk)."""
-    monkeypatch.setattr(layer_ops, "LOGITS_CHUNK_CHANNELS", 64)
-    monkeypatch.setattr(layer_ops, "skinny_linear_bf16_f32out", lambda: None)
+    monkeypatch.setattr(cpu_ops, "LOGITS_CHUNK_CHANNELS", 64)
+    monkeypatch.setattr(cpu_ops, "skinny_linear_bf16_f32out", lambda: None)
     x, weight, b = _operands(rows, 200, 64, bias=True)
-    _assert_float32_product(layer_ops.logits_linear(x, weight, b, None), x, weight, b)
+    _assert_float32_product(cpu_ops.logits_linear(x, weight, b, None), x, weight, b)
     x3 = x.view(rows, 1, 64)  # leading dims are kept
-    _assert_float32_product(layer_ops.logits_linear(x3, weight, b, None), x3, weight, b)
+    _assert_float32_product(cpu_ops.logits_linear(x3, weight, b, None), x3, weight, b)
 
 
 def test_float32_operands_take_linear_unchanged():
     gen = torch.Generator().manual_seed(3)
     x, weight = torch.randn(5, 64, generator=gen), torch.randn(32, 64, generator=gen)
-    assert torch.equal(layer_ops.logits_linear(x, weight), layer_ops.linear(x, weight))
+    assert torch.equal(cpu_ops.logits_linear(x, weight), cpu_ops.linear(x, weight))
 
 
 def _record(monkeypatch, getter: str, field: str | None = None) -> list[int]:
-    """Row counts of each call of layer_ops' kernel `getter` (or its AmxLinearKernels `field`)."""
-    real = getattr(layer_ops, getter)()
+    """Row counts of each call of cpu_ops' kernel `getter` (or its AmxLinearKernels `field`)."""
+    real = getattr(cpu_ops, getter)()
     if real is None:
         pytest.skip(f"no C compiler, or the CPU cannot run {getter}")
     calls: list[int] = []
     if field is None:
-        monkeypatch.setattr(layer_ops, getter, lambda: lambda *args: (calls.append(args[4]), real(*args))[1])
+        monkeypatch.setattr(cpu_ops, getter, lambda: lambda *args: (calls.append(args[4]), real(*args))[1])
     else:
         fn = getattr(real, field)
         spy = type(real)(**{**vars(real), field: lambda *args: (calls.append(args[1]), fn(*args))[1]})
-        monkeypatch.setattr(layer_ops, getter, lambda: spy)
+        monkeypatch.setattr(cpu_ops, getter, lambda: spy)
     return calls
 
 
@@ -86,9 +86,9 @@ def test_bf16_heads_take_the_float32_output_kernels(monkeypatch):
     skinny = _record(monkeypatch, "skinny_linear_bf16_f32out")
     amx = _record(monkeypatch, "amx_linear_kernels", "linear_f32out")
     x, weight, _ = _operands(300, 64, 64, bias=False)
-    packed = layer_ops.pack_for_amx(weight, None)
+    packed = cpu_ops.pack_for_amx(weight, None)
     for rows in (1, 8, 300):
-        _assert_float32_product(layer_ops.logits_linear(x[:rows], weight, None, packed), x[:rows], weight, None)
+        _assert_float32_product(cpu_ops.logits_linear(x[:rows], weight, None, packed), x[:rows], weight, None)
     assert skinny == [1] and amx == [8, 300]
 
 
@@ -115,11 +115,11 @@ def test_bf16_logits_keep_near_ties_apart():
     weight[7, :2] = torch.tensor([20.0, 0.03125])
     x = torch.zeros(300, 64, dtype=torch.bfloat16)
     x[:, :2] = 1.0
-    packed = layer_ops.pack_for_amx(weight, None)
+    packed = cpu_ops.pack_for_amx(weight, None)
     for rows in (1, 8, 300):
-        assert (layer_ops.linear(x[:rows], weight, None, packed)[:, 3]
-                == layer_ops.linear(x[:rows], weight, None, packed)[:, 7]).all()  # tied in bf16
-        logits = layer_ops.logits_linear(x[:rows], weight, None, packed)
+        assert (cpu_ops.linear(x[:rows], weight, None, packed)[:, 3]
+                == cpu_ops.linear(x[:rows], weight, None, packed)[:, 7]).all()  # tied in bf16
+        logits = cpu_ops.logits_linear(x[:rows], weight, None, packed)
         assert (logits[:, 7] - logits[:, 3] == 0.03125).all()
         assert (logits.argmax(-1) == 7).all()
 
@@ -145,7 +145,7 @@ def test_the_sampler_gets_float32_logits_from_a_bf16_model(tmp_path, monkeypatch
 def test_a_head_made_a_chunk_at_a_time_gives_the_float32_product(rows, monkeypatch):
     """chunked_logits_linear (a quantized head dequantizing): chunks of 64 channels of 200, the last
     8 (not a whole AMX tile) through torch, the rest through amx_linear.c where it runs."""
-    monkeypatch.setattr(layer_ops, "LOGITS_CHUNK_CHANNELS", 64)
+    monkeypatch.setattr(cpu_ops, "LOGITS_CHUNK_CHANNELS", 64)
     x, weight, _ = _operands(rows, 200, 64, bias=False)
     asked = []
 
@@ -153,5 +153,5 @@ def test_a_head_made_a_chunk_at_a_time_gives_the_float32_product(rows, monkeypat
         asked.append((lo, hi))
         return weight[lo:hi].clone()
 
-    _assert_float32_product(layer_ops.chunked_logits_linear(x, 200, chunk), x, weight, None)
+    _assert_float32_product(cpu_ops.chunked_logits_linear(x, 200, chunk), x, weight, None)
     assert asked == [(0, 64), (64, 128), (128, 192), (192, 200)]
