@@ -80,7 +80,7 @@ class DecodeGraphs:
         self.max_blocks = max_blocks_per_seq
         self.buffers = StepBuffers(self.sizes[-1], max_blocks_per_seq, backend.device)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._backend = backend
+        self._device = backend.device
         pool = torch.cuda.graph_pool_handle()
         with torch.inference_mode():
             for size in reversed(self.sizes):  # largest first: the smaller ones reuse its memory
@@ -102,7 +102,7 @@ class DecodeGraphs:
         d["seq_lens"][:size].zero_()
         args = (d["input_ids"][:size], d["positions"][:size], kv_caches, self._metadata(size))
         model(*args)  # compiles the Triton kernels for this shape outside the capture
-        torch.cuda.synchronize(self._backend.device)
+        torch.cuda.synchronize(self._device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
             hidden = model(*args)

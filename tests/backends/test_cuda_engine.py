@@ -3,6 +3,8 @@ from the GPU. Skipped without CUDA; a session lent a GPU runs them with `pytest 
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -69,6 +71,7 @@ def test_the_kv_pool_is_sized_from_the_gpu(tiny):
         pool = sum(t.numel() * t.element_size() for c in engine.runner.kv_caches for t in (c.key, c.value))
         assert pool <= utilization * total
         del llm, engine
+        gc.collect()
         torch.cuda.empty_cache()
     assert blocks[0.5] > blocks[0.3] > 0
     # The pool takes the bulk of the budget: tiny weights leave nearly all of it to the KV cache.
