@@ -94,6 +94,7 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
     and `chat` run what `serve` runs (LLM(...) alone takes larger offline chunks on CPU)."""
     from llmserve.devices import resolve_device
 
+    _check_model_path(args.model)
     device = str(resolve_device(args.device))
     batched_tokens = args.max_num_batched_tokens
     if batched_tokens is None:
@@ -106,6 +107,19 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
                 gpu_memory_utilization=args.gpu_memory_utilization,
                 scheduling_policy=args.scheduling_policy, service_classes=_service_classes(args),
                 quantization=args.quantization, quant_group_size=args.quant_group_size, quant_skip=args.quant_skip)
+
+
+def _check_model_path(model: str | None) -> None:
+    """A missing model is a one-line error before anything loads, and before `serve` binds its port
+    (the loader would only find out on its worker thread, with a traceback)."""
+    if model is None:
+        return
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"--model {model}: no such file or folder")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model}: the folder has no config.json (expected an HF model folder "
+                                "or a .gguf file)")
 
 
 def _service_classes(args: argparse.Namespace) -> ServiceClasses:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,23 @@ def test_missing_model_is_a_one_line_error() -> None:
     assert "Traceback" not in result.stderr
     assert "/nonexistent" in lines[0]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("model", ["/nonexistent", "/"])
+def test_serve_with_a_missing_model_exits_before_binding_with_one_line(model: str) -> None:
+    port = _free_port()
+    result = _run_cli("serve", "--model", model, "--port", str(port))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert model in lines[0] and "Traceback" not in result.stderr
+    assert "starting on" not in result.stderr  # the server never got as far as binding its port
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def test_bad_argument_is_a_usage_error() -> None:

@@ -7,6 +7,7 @@ carrying a `quantization_config` with `"quant_method": "llmserve"` and how each 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,6 +70,9 @@ def save_quantized(loaded: LoadedModel, out: Path) -> Path:
                                      "group_size": quant.group_size, "skip": list(quant.skip),
                                      "modules": loaded.quant_specs}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    # safetensors writes a private temporary file and renames it, so the weights would stay 0600:
+    # give them the mode the umask gave config.json, as the tokenizer files get too.
+    shutil.copymode(out / "config.json", out / "model.safetensors")
     if loaded.tokenizer is not None:
         loaded.tokenizer.save(out)
     return out

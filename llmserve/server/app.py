@@ -52,7 +52,8 @@ class ServerConfig:
 @dataclass
 class ServerState:
     config: ServerConfig
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)  # for durations
+    created: int = field(default_factory=lambda: int(time.time()))  # Unix time, as /v1/models reports it
     serving: Serving | None = None
     engine: AsyncEngine | None = None
     ready: bool = False

@@ -8,6 +8,7 @@ InvalidParameter surfaces as a pydantic error too and errors.from_validation_err
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -27,8 +28,10 @@ from llmserve.sampling_params import (
     REPETITION_PENALTY_MIN,
     SEED_MAX,
     SEED_MIN,
+    InvalidParameter,
     SamplingParams,
 )
+from llmserve.server.unsupported import CHAT, COMPLETIONS, refuse_unsupported
 
 TokenIds = list[StrictInt]
 
@@ -54,6 +57,7 @@ class _SamplingFields(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    # OpenAI's end-user id for its abuse monitoring: accepted and, as this server monitors nothing, a no-op.
     user: str | None = None
     top_k: StrictInt | None = Field(None, ge=-1)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
@@ -111,6 +115,11 @@ class CompletionRequest(_SamplingFields):
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: StrictBool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return refuse_unsupported(data, COMPLETIONS)
+
     @field_validator("prompt")
     @classmethod
     def _not_empty(cls, prompt: Any) -> Any:
@@ -135,21 +144,46 @@ class TextPart(BaseModel):
     text: str
 
 
+class MediaPart(BaseModel):
+    """An image, audio or file part: parsed whatever its shape, so that text_only() can refuse it in
+    words a client understands instead of a schema mismatch about strings."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["image_url", "input_audio", "file"]
+
+
+ContentPart = Annotated[TextPart | MediaPart, Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[Annotated[TextPart, Field(discriminator="type")]] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
     def as_template_message(self) -> dict[str, str]:
         # Our chat templates take plain strings; text parts are joined the way OpenAI reads them.
         content = self.content
         if isinstance(content, list):
-            content = "".join(part.text for part in content)
+            content = "".join(part.text for part in content if isinstance(part, TextPart))
         # "developer" is OpenAI's newer name for the system role; templates only know "system".
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": content or ""}
+        message = {"role": role, "content": content or ""}
+        if self.name is not None:  # a participant's name: templates that know it render it, as transformers'
+            message["name"] = self.name
+        return message
+
+
+def text_only(messages: list[ChatMessage]) -> None:
+    """Refuse the first image, audio or file part, by its place: the model reads text only."""
+    for i, message in enumerate(messages):
+        for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
+            if isinstance(part, MediaPart):
+                param = f"messages.{i}.content.{j}"
+                raise InvalidParameter(f"{param}: this model takes text only; {part.type!r} content parts are "
+                                       "not supported", param)
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -159,6 +193,16 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: StrictBool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return refuse_unsupported(data, CHAT)
+
+    @model_validator(mode="after")
+    def _text_only(self) -> ChatCompletionRequest:
+        text_only(self.messages)
+        return self
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
@@ -181,11 +225,11 @@ class ChatCompletionRequest(_SamplingFields):
         return self.top_logprobs or 0
 
 
-def body_schemas() -> dict[str, Any]:
-    """JSON schemas of both endpoints' request bodies and of every model they use, by name, for an
-    OpenAPI document's components/schemas (which is where their references point)."""
+def body_schemas(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
+    """JSON schemas of request bodies and of every model they use, by name, for an OpenAPI
+    document's components/schemas (which is where their references point)."""
     schemas: dict[str, Any] = {}
-    for model in (CompletionRequest, ChatCompletionRequest):
+    for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema

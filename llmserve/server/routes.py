@@ -17,6 +17,14 @@ from llmserve.server.completions import create_completion
 from llmserve.server.errors import APIError, from_validation_error, parse_json
 from llmserve.server.protocol import ChatCompletionRequest, CompletionRequest, body_schemas
 from llmserve.server.serving import RequestContext
+from llmserve.server.tokenize import (
+    DetokenizeRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    detokenize,
+    tokenize,
+    tokenize_model,
+)
 
 if TYPE_CHECKING:
     from llmserve.server.app import ServerState
@@ -39,6 +47,10 @@ def require_api_key(request: Request) -> None:
 
 router = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+# vLLM serves the tokenizer at the root, not under /v1; the key guards it all the same.
+tokenizer_routes = APIRouter(dependencies=[Depends(require_api_key)])
+DOCUMENTED_BODIES = (CompletionRequest, ChatCompletionRequest, TokenizeCompletionRequest, TokenizeChatRequest,
+                     DetokenizeRequest)
 
 
 @router.get("/health")
@@ -64,16 +76,18 @@ async def metrics(request: Request) -> Response:
 @v1.get("/models")
 async def models(request: Request) -> dict:
     state = server_state(request)
-    card = {"id": state.config.served_model_name, "object": "model", "created": int(state.started),
+    card = {"id": state.config.served_model_name, "object": "model", "created": state.created,
             "owned_by": "llmserve"}
     if state.engine is not None:
         card["max_model_len"] = state.engine.engine.max_model_len
     return {"object": "list", "data": [card]}
 
 
-def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
-    """The requestBody of a route that reads its body itself (see _accept), for the OpenAPI document."""
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+def _documented_body(*models: type[BaseModel]) -> dict[str, Any]:
+    """The requestBody of a route that reads its body itself (see _accept), for the OpenAPI document:
+    one model, or any of several."""
+    refs = [{"$ref": f"#/components/schemas/{model.__name__}"} for model in models]
+    schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
@@ -86,7 +100,7 @@ def document_request_bodies(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            build().setdefault("components", {}).setdefault("schemas", {}).update(body_schemas())
+            build().setdefault("components", {}).setdefault("schemas", {}).update(body_schemas(DOCUMENTED_BODIES))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -102,6 +116,19 @@ async def completions(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     serving, body, ctx = await _accept(request, ChatCompletionRequest)
     return await create_chat_completion(serving, body, ctx)
+
+
+@tokenizer_routes.post("/tokenize", openapi_extra=_documented_body(TokenizeCompletionRequest, TokenizeChatRequest))
+async def tokenize_route(request: Request) -> Response:
+    serving = _serving(request)  # no admission: tokenizing is no engine work, and never waits in its queue
+    data = parse_json(await request.body())
+    return JSONResponse(await tokenize(serving, _validated(tokenize_model(data), data)))
+
+
+@tokenizer_routes.post("/detokenize", openapi_extra=_documented_body(DetokenizeRequest))
+async def detokenize_route(request: Request) -> Response:
+    serving = _serving(request)
+    return JSONResponse(await detokenize(serving, await _parse(request, DetokenizeRequest)))
 
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -125,16 +152,23 @@ def _admit(request: Request) -> tuple[Serving, float, int | None]:
     """Refuse at once, before reading the body, when no class could get in (or the header's cannot)."""
     received = time.monotonic()
     state = server_state(request)
-    if not state.ready or state.serving is None or state.shedder is None:
-        raise APIError(503, "the model is still loading; retry shortly", code="loading",
-                       headers={"Retry-After": "1"})
+    serving = _serving(request)
     # The X-Priority header (what a gateway sets per tenant) wins over the body's `priority`.
     header = request.headers.get("x-priority")
     header_rank = None if header is None else _rank(state, header, "X-Priority")
     # Class 0 is the least likely to be refused; the request's own class is checked again, with
     # its prompts' queue entry, once the body names it (Serving.queue_prompts).
-    state.serving.check_class(0 if header_rank is None else header_rank)
-    return state.serving, received, header_rank
+    serving.check_class(0 if header_rank is None else header_rank)
+    return serving, received, header_rank
+
+
+def _serving(request: Request) -> Serving:
+    """The serving state, or a 503 while the model loads."""
+    state = server_state(request)
+    if not state.ready or state.serving is None or state.shedder is None:
+        raise APIError(503, "the model is still loading; retry shortly", code="loading",
+                       headers={"Retry-After": "1"})
+    return state.serving
 
 
 def _rank(state: ServerState, value: int | str | None, param: str) -> int:
@@ -147,6 +181,10 @@ def _rank(state: ServerState, value: int | str | None, param: str) -> int:
 async def _parse(request: Request, model: type[Body]) -> Body:
     """The body, validated: every way a client's value can be wrong becomes a 400 naming it, here."""
     data = parse_json(await request.body())
+    return _validated(model, data)
+
+
+def _validated(model: type[Body], data: dict[str, Any]) -> Body:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -154,3 +192,4 @@ async def _parse(request: Request, model: type[Body]) -> Body:
 
 
 router.include_router(v1)
+router.include_router(tokenizer_routes)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from llmserve.quant.config import QuantConfig
 from llmserve.quant.int4 import Int4Linear
 from llmserve.quant.int8 import Int8Embedding, Int8Linear
 from tests.engine_helpers import paged_logits
-from tests.tiny_models import save_tiny_model
+from tests.tiny_models import save_tiny_chat_model, save_tiny_model
 
 PROMPTS = [[5, 17, 42, 9, 100, 3, 77], [8, 1, 200, 31, 64]]
 
@@ -163,6 +165,20 @@ def test_a_saved_quantized_folder_reloads_to_identical_logits(tiny, tmp_path):
     # A second write into the folder would mix two checkpoints; the source folder is never overwritten.
     for target in (out, tiny):
         assert main(["quantize", str(tiny), "-q", "int8", "--out", str(target)]) == 2
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_every_file_quantize_writes_gets_the_umask_s_mode(tmp_path, umask):
+    source, out = tmp_path / "chat", tmp_path / "int8"
+    save_tiny_chat_model(source)  # with tokenizer files, written like config.json
+    old = os.umask(umask)
+    try:
+        assert main(["quantize", str(source), "-q", "int8", "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()}
+    assert "model.safetensors" in modes and "tokenizer.json" in modes
+    assert set(modes.values()) == {0o666 & ~umask}, modes
 
 
 def test_a_folder_quantized_by_another_tool_is_refused_clearly(tiny, tmp_path):

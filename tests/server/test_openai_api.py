@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import openai
 import pytest
@@ -158,6 +159,9 @@ def test_async_client_streams_concurrently_with_exact_usage(server):
 def test_models_and_version(server, client):
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL_NAME]
+    # A Unix time in whole seconds (not a monotonic clock's reading): the server started today.
+    assert isinstance(models.data[0].created, int)
+    assert abs(models.data[0].created - time.time()) < 24 * 3600
     import httpx
 
     import llmserve
