@@ -25,6 +25,11 @@ def _unset(value: Any, _: dict[str, Any]) -> bool:
     return value is None or value == {} or value == [] or value is False
 
 
+def _null(value: Any, _: dict[str, Any]) -> bool:
+    # For an object whose presence alone asks for something: `web_search_options: {}` turns search on.
+    return value is None
+
+
 def _is(*accepted: Any) -> Accepts:
     return lambda value, _: value is None or any(value == a and type(value) is type(a) for a in accepted)
 
@@ -51,21 +56,22 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
                 _is("")),
     Unsupported("functions", (CHAT,), "the legacy function-calling fields are not implemented; use tools"),
     Unsupported("function_call", (CHAT,), "the legacy function-calling fields are not implemented; use tool_choice"),
-    Unsupported("audio", (CHAT,), "this model generates text only"),
+    Unsupported("audio", (CHAT,), "this model generates text only", _null),
     Unsupported("modalities", (CHAT,), "this model generates text only; send [\"text\"] or nothing",
                 lambda value, _: value is None or value == ["text"]),
-    Unsupported("prediction", (CHAT,), "predicted outputs are not implemented"),
+    Unsupported("prediction", (CHAT,), "predicted outputs are not implemented", _null),
     Unsupported("store", (CHAT,), "this server stores no completions"),
     Unsupported("metadata", (CHAT,), "this server stores no completions to tag"),
     Unsupported("service_tier", (CHAT,), "this server has one tier ('auto' or 'default'); its service classes "
                 "are chosen with `priority` or the X-Priority header", _is("auto", "default")),
-    Unsupported("web_search_options", (CHAT,), "this server cannot search the web"),
+    Unsupported("web_search_options", (CHAT,), "this server cannot search the web", _null),
     Unsupported("reasoning_effort", (CHAT,), "this model is not a reasoning model"),
     Unsupported("verbosity", (CHAT,), "verbosity control is not implemented"),
-    Unsupported("moderation", (CHAT,), "this server runs no moderation"),
+    Unsupported("moderation", (CHAT,), "this server runs no moderation", _null),
     Unsupported("prompt_cache_retention", (CHAT,), "the prefix cache keeps blocks while memory allows; "
                 "retention cannot be chosen"),
-    Unsupported("prompt_cache_options", (CHAT,), "the prefix cache needs no breakpoints or options"),
+    Unsupported("prompt_cache_options", (CHAT,), "the prefix cache needs no breakpoints or options",
+                _null),
     # vLLM's extensions we do not implement.
     Unsupported("use_beam_search", BOTH, "beam search is not implemented"),
     Unsupported("length_penalty", BOTH, "length_penalty only applies to beam search, which is not implemented",
