@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_
 
 from llmserve.server.errors import bad_request
 from llmserve.server.protocol import ChatMessage, text_only
+from llmserve.server.unsupported import TOKENIZE_CHAT, refuse_unsupported
 
 if TYPE_CHECKING:
     from llmserve.model.tokenizer import Tokenizer
@@ -35,6 +36,11 @@ class TokenizeChatRequest(_TokenizerRequest):
     # False by default, as in vLLM: the template writes the special tokens a chat needs itself.
     add_special_tokens: StrictBool = False
     return_token_strs: StrictBool | None = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return refuse_unsupported(data, TOKENIZE_CHAT)
 
     @model_validator(mode="after")
     def _text_only(self) -> TokenizeChatRequest:

@@ -15,7 +15,9 @@ from llmserve.sampling_params import InvalidParameter
 
 COMPLETIONS = "completions"
 CHAT = "chat"
+TOKENIZE_CHAT = "tokenize_chat"  # /tokenize with messages, which renders the chat template too
 BOTH = (COMPLETIONS, CHAT)
+TEMPLATE = (CHAT, TOKENIZE_CHAT)
 
 
 Accepts = Callable[[Any, dict[str, Any]], bool]  # (the field's value, the whole body)
@@ -85,10 +87,10 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
                 "tokens; send token ids to control them exactly", _is(True)),
     Unsupported("add_special_tokens", (CHAT,), "the chat template writes the special tokens itself",
                 _is(False)),
-    Unsupported("continue_final_message", (CHAT,), "continuing the final message is not implemented"),
-    Unsupported("chat_template", (CHAT,), "a per-request chat template is not accepted"),
-    Unsupported("chat_template_kwargs", (CHAT,), "extra chat template variables are not accepted"),
-    Unsupported("documents", (CHAT,), "documents for the chat template are not accepted"),
+    Unsupported("continue_final_message", TEMPLATE, "continuing the final message is not implemented"),
+    Unsupported("chat_template", TEMPLATE, "a per-request chat template is not accepted"),
+    Unsupported("chat_template_kwargs", TEMPLATE, "extra chat template variables are not accepted"),
+    Unsupported("documents", TEMPLATE, "documents for the chat template are not accepted"),
 )
 
 

@@ -39,6 +39,8 @@ def test_health_is_503_until_the_engine_is_loaded(engine):
         early = httpx.post(live.base_url + "/completions", json={"model": MODEL_NAME, "prompt": "x"},
                            timeout=PATIENCE_S)
         assert early.status_code == 503 and early.json()["error"]["code"] == "loading"
+        tokenized = httpx.post(live.url + "/tokenize", json={"prompt": "x"}, timeout=PATIENCE_S)
+        assert tokenized.status_code == 503 and tokenized.json()["error"]["code"] == "loading"
         release.set()
         wait_healthy(live.url, timeout=PATIENCE_S)
         ok = httpx.post(live.base_url + "/completions", json={"model": MODEL_NAME, "prompt": "x", "max_tokens": 2},

@@ -85,6 +85,8 @@ def test_token_ids_outside_the_vocabulary_are_400(server, tokens, param):
     ("/tokenize", {"messages": []}, "messages"),
     ("/tokenize", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages.0.content.0"),
+    ("/tokenize", {"messages": MESSAGES, "continue_final_message": True}, "continue_final_message"),
+    ("/tokenize", {"messages": MESSAGES, "chat_template": "{{ messages }}"}, "chat_template"),
     ("/detokenize", {"model": MODEL_NAME}, "tokens"),
 ])
 def test_bad_bodies_are_400_naming_the_field(server, path, body, param):
