@@ -9,6 +9,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmserve.guided import GuidedDecoding
 
 # Temperatures below this are treated as greedy: dividing logits by a
 # near-zero value only amplifies float noise, and argmax is what users mean.
@@ -57,6 +61,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    guided: GuidedDecoding | None = None  # what the output must match (structured outputs)
 
     def __post_init__(self) -> None:
         # Normalise first so validation and all later consumers see one shape.
@@ -88,6 +93,10 @@ class SamplingParams:
             self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS), "logprobs",
             f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {_short(self.logprobs)}",
         )
+        from llmserve.guided import GuidedDecoding  # here: guided.py imports InvalidParameter from this module
+
+        _check(self.guided is None or isinstance(self.guided, GuidedDecoding), "guided",
+               f"guided must be None or a GuidedDecoding, got {type(self.guided).__name__}")
 
     def _validate_floats(self) -> None:
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):

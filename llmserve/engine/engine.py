@@ -6,6 +6,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,11 @@ from llmserve.engine.threads import ThreadGovernor
 from llmserve.model.loader import load_model, resolve_dtype
 from llmserve.runner.model_runner import ModelRunner, SampledToken
 from llmserve.sampling_params import InvalidParameter, SamplingParams
+from llmserve.structured.compiler import GrammarCompiler
+from llmserve.structured.guide import Guide
+
+if TYPE_CHECKING:
+    import xgrammar as xgr
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +46,7 @@ class PreparedRequest:
     prompt_token_ids: list[int]
     params: SamplingParams
     priority: int = 0  # the service class's rank
+    grammar: xgr.CompiledGrammar | None = None  # params.guided, compiled
 
 
 class LLMEngine:
@@ -72,6 +79,8 @@ class LLMEngine:
         self.runner = ModelRunner(loaded.model, self.backend, kv_spec, num_blocks, config.seed)
         self.graph_capture_seconds = self.runner.capture_graphs(sched.max_num_seqs, self.max_model_len)
         self.outputs = OutputBuilder()
+        self.grammars = None if self.tokenizer is None else GrammarCompiler(
+            self.tokenizer, self.model_config.vocab_size, self.model_config.eos_token_ids)
         self._requests: dict[str, list[Request]] = {}
         self._sequence = itertools.count()
         graphs = f", CUDA graphs captured in {self.graph_capture_seconds:.1f}s" if self.graph_capture_seconds else ""
@@ -151,7 +160,16 @@ class LLMEngine:
             raise InvalidParameter(f"stop_token_ids must lie in [0, {vocab})", "stop_token_ids")
         if len(token_ids) >= self._pool_tokens:
             raise ValueError(f"the prompt has {len(token_ids)} tokens; the KV cache holds {self._pool_tokens}")
-        return PreparedRequest(request_id, text, token_ids, params, rank)
+        return PreparedRequest(request_id, text, token_ids, params, rank, self._compile_guided(params))
+
+    def _compile_guided(self, params: SamplingParams) -> xgr.CompiledGrammar | None:
+        guided = params.guided
+        if guided is None:
+            return None
+        if self.grammars is None:
+            raise InvalidParameter("structured outputs need a tokenizer, and this model has none",
+                                   guided.param or guided.kind)
+        return self.grammars.compile(guided)
 
     @property
     def _pool_tokens(self) -> int:
@@ -205,7 +223,7 @@ class LLMEngine:
             request_id=f"{prepared.request_id}#{index}", parent_id=prepared.request_id, index=index,
             prompt_token_ids=prepared.prompt_token_ids, params=params, max_tokens=max_tokens,
             eos_token_ids=eos, generator=generator, detokenizer=detok, priority=prepared.priority,
-            sequence_number=next(self._sequence),
+            sequence_number=next(self._sequence), guide=Guide(prepared.grammar) if prepared.grammar else None,
         )
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
@@ -256,6 +274,8 @@ class LLMEngine:
         request.output_token_ids.append(token_id)
         if token.logprobs is not None:
             request.logprobs.append(token.logprobs)
+        if request.guide is not None and not request.guide.accept(token_id):
+            raise RuntimeError(f"token {token_id} was sampled against the request's grammar")
         status = self._stop_status(request, token_id)
         if status is not None:
             self.scheduler.finish(request, status)
@@ -272,6 +292,8 @@ class LLMEngine:
             if stop is not None:
                 request.stop_reason = stop
                 return RequestStatus.FINISHED_STOPPED
+        if request.guide is not None and request.guide.is_terminated:
+            return RequestStatus.FINISHED_STOPPED  # the grammar took its stop token (even with ignore_eos)
         if len(request.output_token_ids) >= request.max_tokens or request.num_tokens >= self.max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None

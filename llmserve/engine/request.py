@@ -14,6 +14,7 @@ from llmserve.sampling_params import SamplingParams
 if TYPE_CHECKING:
     from llmserve.engine.detokenizer import IncrementalDetokenizer
     from llmserve.engine.outputs import TokenLogprobs
+    from llmserve.structured.guide import Guide
 
 
 class RequestStatus(enum.IntEnum):
@@ -75,6 +76,7 @@ class Request:
     times: RequestTimes = field(default_factory=RequestTimes)
     priority: int = 0  # the service class rank: 0 is the most important
     sequence_number: int = 0  # arrival order, the FCFS tie-breaker
+    guide: Guide | None = None  # its grammar's state when the output is constrained (its own, per sequence)
 
     @property
     def num_prompt_tokens(self) -> int:

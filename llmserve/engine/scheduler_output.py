@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from llmserve.engine.request import Request
 from llmserve.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from llmserve.structured.guide import Guide
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class SamplingInputs:
     output_token_ids: Sequence[int]  # the tokens generated so far (penalties read them)
     generator: torch.Generator | None
     blocked_token_ids: Sequence[int]  # may not be sampled yet (min_tokens)
+    guide: Guide | None = None  # the grammar the next token must follow; the runner only reads it
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ def _sequence(request: Request, num_new: int) -> ScheduledSequence:
     sampling = None
     if start + num_new == request.num_tokens:
         sampling = SamplingInputs(request.params, request.prompt_token_ids, request.output_token_ids,
-                                  request.generator, blocked_token_ids(request))
+                                  request.generator, blocked_token_ids(request), request.guide)
     return ScheduledSequence(request.token_slice(start, start + num_new), start, request.block_ids, sampling)
 
 
@@ -65,4 +70,6 @@ def blocked_token_ids(request: Request) -> list[int]:
     """Tokens that would end the request before min_tokens is reached."""
     if len(request.output_token_ids) >= request.params.min_tokens:
         return []
+    if request.guide is not None and request.guide.is_completed:
+        return []  # the grammar allows nothing more but its end: it wins over min_tokens
     return list(request.eos_token_ids) + list(request.params.stop_token_ids or [])  # eos is () with ignore_eos

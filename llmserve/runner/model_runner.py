@@ -53,5 +53,6 @@ class ModelRunner:
             [s.output_token_ids for s in inputs],
             [s.generator for s in inputs],
             [s.blocked_token_ids for s in inputs],
+            [s.guide for s in inputs],
         )
         return [SampledToken(i, t, lp) for i, t, lp in zip(rows, result.token_ids, result.logprobs, strict=True)]

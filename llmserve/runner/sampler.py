@@ -1,7 +1,7 @@
 """Batched, on-device token sampling.
 
 Pipeline per step (rows that don't need a stage skip it):
-  penalties -> blocked ids (min_tokens) -> logprobs -> greedy argmax
+  penalties -> blocked ids (min_tokens) -> grammar mask -> logprobs -> greedy argmax
   -> temperature -> top-k / top-p -> min-p -> exponential-race draw.
 
 Logprobs are taken after penalties and blocking but before temperature and
@@ -20,6 +20,7 @@ import torch
 
 from llmserve.engine.outputs import TokenLogprobs
 from llmserve.sampling_params import SamplingParams
+from llmserve.structured.guide import Guide, apply_guides
 
 
 @dataclass
@@ -42,19 +43,24 @@ class Sampler:
         output_token_ids: Sequence[Sequence[int]],
         generators: Sequence[torch.Generator | None],
         blocked_token_ids: Sequence[Sequence[int]] | None = None,
+        guides: Sequence[Guide | None] | None = None,
     ) -> SamplerOutput:
         """Pick one token per row of `logits` ([B, V]; float32 ones are modified in place).
 
         `blocked_token_ids[i]` are ids row i may not pick this step (the engine
-        passes EOS/stop ids while min_tokens is not reached). Logits in another
-        dtype are widened to float32 unless every row is a plain greedy pick.
+        passes EOS/stop ids while min_tokens is not reached); `guides[i]`, when
+        set, is row i's grammar, which masks every token it does not allow. Logits
+        in another dtype are widened to float32 unless every row is a plain greedy pick.
         """
         assert logits.dim() == 2 and logits.shape[0] == len(params)
-        if logits.dtype != torch.float32 and not _argmax_only(params, blocked_token_ids):
+        guided = guides is not None and any(g is not None for g in guides)
+        if logits.dtype != torch.float32 and (guided or not _argmax_only(params, blocked_token_ids)):
             logits = logits.float()
         _apply_penalties(logits, params, prompt_token_ids, output_token_ids)
         if blocked_token_ids is not None:
             _apply_blocked(logits, blocked_token_ids)
+        if guided:
+            apply_guides(logits, guides)  # type: ignore[arg-type]
 
         greedy = [p.is_greedy for p in params]
         token_ids = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)

@@ -39,6 +39,7 @@ SAMPLING_FIELDS = frozenset({
     "n", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
     "repetition_penalty", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "skip_special_tokens",
     "include_stop_str_in_output", "max_tokens", "max_completion_tokens", "logprobs", "top_logprobs",
+    "response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar",  # as params.guided
 })
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
 
@@ -81,7 +82,8 @@ class ResponseCacheFront:
             return NO_CACHE
         scope = "" if self.share_across_api_keys or not api_key else hashlib.sha256(api_key.encode()).hexdigest()
         request = {"endpoint": endpoint, "model": self.model_identity, "scope": scope, "prompts": prompts,
-                   "params": asdict(params), "body": body.model_dump(mode="json", exclude=NOT_IN_KEY | SAMPLING_FIELDS)}
+                   "params": _params_key(params),
+                   "body": body.model_dump(mode="json", exclude=NOT_IN_KEY | SAMPLING_FIELDS)}
         text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return CacheUse(hashlib.sha256(text.encode()).hexdigest(), read="no-cache" not in directives, write=True)
 
@@ -114,6 +116,14 @@ class ResponseCacheFront:
             yield event
         if use.write:
             await self.cache.put(use.key, _encode({"chunks": chunks}))
+
+
+def _params_key(params: SamplingParams) -> dict[str, Any]:
+    fields = asdict(params)
+    # The constraint by what it compiles to: the same schema sent as response_format or guided_json
+    # is one request.
+    fields["guided"] = None if params.guided is None else list(params.guided.key)
+    return fields
 
 
 def _is_entry(entry: Any) -> bool:

@@ -31,6 +31,7 @@ from llmserve.sampling_params import (
     InvalidParameter,
     SamplingParams,
 )
+from llmserve.server.guided_fields import GuidedFields
 from llmserve.server.unsupported import CHAT, COMPLETIONS, refuse_unsupported
 
 TokenIds = list[StrictInt]
@@ -40,7 +41,7 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class _SamplingFields(BaseModel):
+class _SamplingFields(GuidedFields):
     """Fields shared by both endpoints: OpenAI's, then vLLM's extensions under vLLM's names."""
 
     # Unknown fields are ignored, as OpenAI and vLLM do, so newer clients keep working. No float
@@ -105,7 +106,7 @@ class _SamplingFields(BaseModel):
             frequency_penalty=self.frequency_penalty, seed=self.seed, max_tokens=max_tokens,
             min_tokens=self.min_tokens, stop=self.stop, stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos, logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
-            include_stop_str_in_output=self.include_stop_str_in_output,
+            include_stop_str_in_output=self.include_stop_str_in_output, guided=self.guided(),
         )
 
 
