@@ -132,7 +132,31 @@ def _service_classes(args: argparse.Namespace) -> ServiceClasses:
 def _make_llm(args: argparse.Namespace):
     from llmserve.llm import LLM
 
-    return LLM(**_engine_kwargs(args))
+    template = _chat_template(args)
+    llm = LLM(**_engine_kwargs(args))
+    if template is not None:
+        if llm.tokenizer is None:
+            raise ValueError("--chat-template needs a model with a tokenizer")
+        llm.tokenizer.chat_template = template  # this process's own tokenizer: every chat renders with it
+    return llm
+
+
+def _chat_template_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--chat-template", default=None, metavar="FILE",
+                        help="a Jinja chat template used instead of the model's own, or the name of one llmserve "
+                             "ships: smollm2_tools (SmolLM2's template with Hermes-style tool calling)")
+
+
+def _chat_template(args: argparse.Namespace) -> str | None:
+    """--chat-template's text, checked to compile: a bad file is a one-line error before any loading."""
+    if args.chat_template is None:
+        return None
+    from llmserve.model.templates import read_chat_template
+    from llmserve.model.tokenizer import check_chat_template
+
+    template = read_chat_template(args.chat_template)
+    check_chat_template(template)
+    return template
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -152,6 +176,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from llmserve.model.embedded import EMBEDDED_MODEL_NAME
     from llmserve.server.app import ServerConfig
+    from llmserve.server.chat_tools import ChatSetup
     from llmserve.server.launcher import run_server
 
     if args.max_queued_requests is not None and args.max_queued_requests < 1:
@@ -160,13 +185,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_request_body < 1 or args.request_read_timeout <= 0:
         raise ValueError("--max-request-body and --request-read-timeout must be positive")
     engine_args = _engine_kwargs(args)
+    chat = ChatSetup(_chat_template(args), args.tool_call_parser)
     EngineConfig.create(**engine_args)  # a bad setting is a one-line error now, not a failed start-up
     config = ServerConfig(host=args.host, port=args.port, api_key=resolve_api_key(args.api_key, args.api_key_file),
                           max_queued_requests=args.max_queued_requests, served_model_name=name,
                           shutdown_timeout=args.shutdown_timeout, warmup=not args.no_warmup,
                           response_cache=args.response_cache, response_cache_ttl=args.response_cache_ttl,
                           response_cache_shared=args.response_cache_shared, max_request_body=args.max_request_body,
-                          request_read_timeout=args.request_read_timeout, engine_args=engine_args)
+                          request_read_timeout=args.request_read_timeout, engine_args=engine_args, chat=chat)
     return run_server(config, log_level=args.log_level or "INFO")
 
 
@@ -239,6 +265,11 @@ def _serve_parser(sub) -> None:
                        help="how long an entry lives, e.g. 10m or 1h (default: 1h)")
     cache.add_argument("--response-cache-shared", action="store_true",
                        help="let callers with different API keys share entries")
+    tools = serve.add_argument_group("chat and tool calling")
+    _chat_template_arg(tools)
+    tools.add_argument("--tool-call-parser", default=None, choices=("hermes", "llama3"),
+                       help="how tool calls are read out of the output: hermes (<tool_call>{...}</tool_call>) or "
+                            "llama3 (a JSON call as the message) (default: told by the chat template's markers)")
     _engine_args(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -251,11 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="complete one prompt and print the text as it streams")
     gen.add_argument("prompt")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    _chat_template_arg(gen)
     _engine_args(gen)
     add_sampling_args(gen, {**GREEDY, "max_tokens": 64}, from_model=False)
     gen.set_defaults(func=cmd_generate)
     chat = sub.add_parser("chat", help="interactive chat that streams the reply")
     chat.add_argument("--system", default=None, help="system prompt")
+    _chat_template_arg(chat)
     _engine_args(chat)
     add_sampling_args(chat, {**CHAT_FALLBACK, "max_tokens": 512}, from_model=True)
     chat.set_defaults(func=cmd_chat)

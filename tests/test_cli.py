@@ -175,3 +175,21 @@ def test_an_unknown_backend_is_a_usage_error() -> None:
     result = _run_cli("serve", "--backend", "triton")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "invalid choice: 'triton'" in result.stderr
+
+
+@pytest.mark.parametrize(("template", "message"), [("/nonexistent.jinja", "neither a file"),
+                                                   ("BAD", "not valid Jinja")])
+def test_a_bad_chat_template_is_a_one_line_error(tmp_path: Path, template: str, message: str) -> None:
+    if template == "BAD":
+        template = str(tmp_path / "bad.jinja")
+        Path(template).write_text("{% for m in messages %}")
+    result = _run_cli("serve", "--chat-template", template)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_generate_with_the_shipped_tools_template() -> None:
+    result = _run_cli("generate", "Hi", "--chat", "--chat-template", "smollm2_tools", "--max-tokens", "4",
+                      "--threads", "1")
+    assert result.returncode == 0, result.stderr

@@ -43,7 +43,7 @@ class Tokenizer:
         special = {i for i, tok in backend.get_added_tokens_decoder().items() if tok.special}
         special.update(i for i in (bos_token_id, eos_token_id) if i is not None)
         self.all_special_ids: list[int] = sorted(special)
-        self._template: jinja2.Template | None = None
+        self._templates: dict[str, jinja2.Template] = {}
 
     # --- construction -----------------------------------------------------------------------
 
@@ -111,22 +111,32 @@ class Tokenizer:
     # --- chat ---------------------------------------------------------------------------------
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None, chat_template: str | None = None, **kwargs: Any
     ) -> str:
-        """Render messages the way transformers' `apply_chat_template(..., tokenize=False)` does."""
-        if self._template is None:
-            if not self.chat_template:
-                raise ValueError("this tokenizer has no chat template; pass a plain prompt instead")
-            self._template = _compile_template(self.chat_template)
-        variables: dict[str, Any] = {"tools": None, "documents": None,
+        """Render messages the way transformers' `apply_chat_template(..., tools=..., tokenize=False)`
+        does: `tools` is the list of OpenAI-shaped tool dicts. `chat_template` overrides this tokenizer's."""
+        template = self._compiled(chat_template)
+        variables: dict[str, Any] = {"documents": None,
                                      "bos_token": self.bos_token or "", "eos_token": self.eos_token or ""}
         variables.update(kwargs)
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
+        return template.render(messages=messages, add_generation_prompt=add_generation_prompt, tools=tools or None,
+                               **variables)
 
+    def _compiled(self, source: str | None) -> jinja2.Template:
+        source = source or self.chat_template
+        if not source:
+            raise ValueError("this tokenizer has no chat template; pass a plain prompt instead")
+        # A server renders with one template for its whole life: keep each compiled once.
+        if source not in self._templates:
+            self._templates[source] = _compile_template(source)
+        return self._templates[source]
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> dict[str, Any]:
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: list[dict[str, Any]] | None = None, chat_template: str | None = None) -> dict[str, Any]:
         """A conversation as the engine's prompt dict: the rendered text and its token ids."""
-        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                        chat_template=chat_template)
         # The template already wrote BOS and the role markers: adding special tokens would double them.
         return {"prompt": text, "prompt_token_ids": self.encode(text, add_special_tokens=False)}
 
@@ -205,6 +215,11 @@ class _GenerationTag(Extension):
     def parse(self, parser: Parser) -> list[nodes.Node]:
         next(parser.stream)
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+def check_chat_template(source: str) -> None:
+    """ValueError, naming the problem, unless `source` compiles as a chat template."""
+    _compile_template(source)
 
 
 def _compile_template(source: str) -> jinja2.Template:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 
 from llmserve.server.cached_responses import ResponseCacheFront
+from llmserve.server.chat_tools import ChatSetup
 from llmserve.server.errors import install_handlers
 from llmserve.server.limits import BodyLimits
 from llmserve.server.metrics import ServerMetrics
@@ -47,6 +48,7 @@ class ServerConfig:
     max_request_body: int = 4 << 20  # bytes; larger bodies get 413 before they are read
     request_read_timeout: float = 30.0  # seconds from a request's headers to the end of its body, else 408
     engine_args: dict[str, Any] = field(default_factory=dict)  # keywords of AsyncEngine.from_args
+    chat: ChatSetup = field(default_factory=ChatSetup)  # --chat-template, --tool-call-parser
 
 
 @dataclass
@@ -128,9 +130,9 @@ async def _load(state: ServerState, factory: EngineFactory, on_failure: Callable
         state.shedder = LoadShedder(engine.service_classes, state.config.max_queued_requests,
                                     class_aware=engine.scheduling_policy == "classes")
         state.serving = Serving(engine, state.config.served_model_name, state.metrics, state.shedder,
-                                _response_front(state, engine))
+                                _response_front(state, engine), state.config.chat)
         if state.config.warmup:
-            await warm_up(engine)
+            await warm_up(engine, state.config.chat.chat_template)
     except Exception as exc:
         logger.exception("the model failed to load")
         state.load_error = str(exc)
@@ -157,15 +159,15 @@ def _response_front(state: ServerState, engine: AsyncEngine) -> ResponseCacheFro
                               config.response_cache_shared)
 
 
-async def warm_up(engine: AsyncEngine) -> None:
+async def warm_up(engine: AsyncEngine, template: str | None = None) -> None:
     """Run a small mixed batch end to end, so the first real request pays no first-use costs.
 
     It touches the attention kernel, the allocator, the sampler's paths and the chat template.
     """
     from llmserve.sampling_params import SamplingParams
 
-    if engine.tokenizer is not None and engine.tokenizer.chat_template:
-        engine.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    if engine.tokenizer is not None and (template or engine.tokenizer.chat_template):
+        engine.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], chat_template=template)
     vocab = engine.engine.model_config.vocab_size
     # Three tokens each: a prefill and two decode steps, enough to touch every path once.
     plans = [(48, SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)),

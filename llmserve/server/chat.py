@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from fastapi.responses import Response
 
+from llmserve.server.chat_tools import finish_with_calls, tool_deltas, tool_message, tool_parser_for
 from llmserve.server.errors import bad_request
 from llmserve.server.protocol import ChatCompletionRequest
 from llmserve.server.serving import (
@@ -21,6 +22,7 @@ from llmserve.server.serving import (
     stream_error,
     unseen_outputs,
 )
+from llmserve.tool_calls import ToolCallParser, ToolCallStream
 
 if TYPE_CHECKING:
     from llmserve.engine.outputs import CompletionOutput, TokenLogprobs
@@ -32,13 +34,15 @@ def render_prompt(serving: Serving, body: ChatCompletionRequest) -> dict[str, An
         raise bad_request("this model has no tokenizer, so it cannot chat; use /v1/completions with token ids")
     messages = [m.as_template_message() for m in body.messages]
     try:
-        return tokenizer.render_chat(messages, add_generation_prompt=body.add_generation_prompt)
+        return tokenizer.render_chat(messages, add_generation_prompt=body.add_generation_prompt,
+                                     tools=body.template_tools(), chat_template=serving.chat.chat_template)
     except (ValueError, jinja2.TemplateError) as exc:  # e.g. the template's own raise_exception
         raise bad_request(f"the chat template rejected these messages: {exc}", "messages") from None
 
 
 async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, ctx: RequestContext) -> Response:
     serving.check_model(body.model)
+    parser = tool_parser_for(body, serving.tool_parser)
     params = body.params
     request_id, created = new_id("chatcmpl"), int(time.time())
     log = RequestLog(request_id, ctx.received)
@@ -50,14 +54,22 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
     log.prompt_tokens = len(prepared[0].prepared.prompt_token_ids)
     shape = _Shape(serving, request_id, created)
     if body.stream:
-        return serving.reply_stream(cache, _stream(serving, shape, prepared, ctx.received, body, log), log)
+        events = _stream(serving, shape, prepared, ctx.received, body, log, parser)
+        return serving.reply_stream(cache, events, log)
     (final,) = await serving.final_outputs(prepared, ctx, log)
-    choices = [{"index": out.index, "message": {"role": "assistant", "content": out.text},
-                "logprobs": shape.logprobs(out.logprobs), "finish_reason": finish_reason(out.finish_reason)}
-               for out in final.outputs]
+    choices = [_choice(shape, out, body, parser) for out in final.outputs]
     log.count(final)
     log.emit()
     return await serving.reply(cache, {**shape.header("chat.completion"), "choices": choices, "usage": log.usage()})
+
+
+def _choice(shape: _Shape, out: CompletionOutput, body: ChatCompletionRequest,
+            parser: ToolCallParser | None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": out.text}
+    if parser is not None:
+        message = tool_message(parser, out.text, body.parallel_tool_calls)
+    reason = finish_with_calls(finish_reason(out.finish_reason), "tool_calls" in message)
+    return {"index": out.index, "message": message, "logprobs": shape.logprobs(out.logprobs), "finish_reason": reason}
 
 
 class _Shape:
@@ -84,22 +96,38 @@ class _Shape:
                 "logprobs": self.logprobs(delta_logprobs(out)),
                 "finish_reason": finish_reason(out.finish_reason) if final else None}
 
+    def tool_deltas(self, out: CompletionOutput, stream: ToolCallStream) -> list[dict[str, Any]]:
+        """A choice's entries, one chunk each: logprobs ride on the first, the finish on the last."""
+        deltas = tool_deltas(out, stream)
+        reason = finish_with_calls(finish_reason(out.finish_reason), stream.called) if out.finished else None
+        return [{"index": out.index, "delta": delta, "logprobs": self.logprobs(delta_logprobs(out)) if i == 0 else None,
+                 "finish_reason": reason if i == len(deltas) - 1 else None} for i, delta in enumerate(deltas)]
+
 
 async def _stream(serving: Serving, shape: _Shape, prepared: list, received: float, body: ChatCompletionRequest,
-                  log: RequestLog) -> AsyncIterator[dict[str, Any]]:
+                  log: RequestLog, parser: ToolCallParser | None) -> AsyncIterator[dict[str, Any]]:
     # The role comes first, as OpenAI sends it, before any token is generated.
     yield {**shape.header(), "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                           "logprobs": None, "finish_reason": None} for i in range(body.n)]}
+    calls = {i: ToolCallStream(parser, body.parallel_tool_calls) for i in range(body.n)} if parser else {}
     ended: set[tuple[int, int]] = set()
     async for _, output in serving.streams(prepared, received):
         if output.finished and (error := stream_error(output)) is not None:
             log.count(output)
             yield error
             return
-        choices = [shape.delta(out, out.finished) for out in unseen_outputs(output, ended)]
+        fresh = unseen_outputs(output, ended)
         if output.finished:
             log.count(output)
-        if choices:
-            yield {**shape.header(), "choices": choices}
+        for choices in _rounds(shape, fresh, calls):
+            if choices:
+                yield {**shape.header(), "choices": choices}
     if body.include_usage:
         yield {**shape.header(), "choices": [], "usage": log.usage()}
+
+
+def _rounds(shape: _Shape, fresh: list[CompletionOutput], calls: dict[int, ToolCallStream]) -> list[list[dict]]:
+    """The chunks' choices for this step: all choices in one chunk, unless tool calls are parsed."""
+    if not calls:
+        return [[shape.delta(out, out.finished) for out in fresh]]
+    return [[entry] for out in fresh for entry in shape.tool_deltas(out, calls[out.index])]

@@ -8,6 +8,7 @@ InvalidParameter surfaces as a pydantic error too and errors.from_validation_err
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
@@ -157,23 +158,77 @@ class MediaPart(BaseModel):
 ContentPart = Annotated[TextPart | MediaPart, Field(discriminator="type")]
 
 
+class FunctionDefinition(BaseModel):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; templates show it to the model as given
+    strict: StrictBool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON, as the model wrote it
+
+
+class AssistantToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    def as_template_call(self) -> dict[str, Any]:
+        # HF templates write arguments with `| tojson`: they expect the object, not its JSON text.
+        try:
+            arguments: Any = json.loads(self.function.arguments)
+        except json.JSONDecodeError:
+            arguments = self.function.arguments
+        return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None  # assistant messages only
+    tool_call_id: str | None = None  # tool messages only: the call this answers
 
-    def as_template_message(self) -> dict[str, str]:
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self) -> ChatMessage:
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a message with role 'tool' needs the 'tool_call_id' it answers")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
+
+    def as_template_message(self) -> dict[str, Any]:
         # Our chat templates take plain strings; text parts are joined the way OpenAI reads them.
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content if isinstance(part, TextPart))
         # "developer" is OpenAI's newer name for the system role; templates only know "system".
         role = "system" if self.role == "developer" else self.role
-        message = {"role": role, "content": content or ""}
+        message: dict[str, Any] = {"role": role, "content": content or ""}
         if self.name is not None:  # a participant's name: templates that know it render it, as transformers'
             message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [call.as_template_call() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
         return message
 
 
@@ -187,6 +242,9 @@ def text_only(messages: list[ChatMessage]) -> None:
                                        "not supported", param)
 
 
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: StrictInt | None = Field(None, ge=1)
@@ -194,6 +252,9 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: StrictBool = True
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -210,6 +271,35 @@ class ChatCompletionRequest(_SamplingFields):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs set to true")
         return self
+
+    @model_validator(mode="after")
+    def _tool_choice_fits_the_tools(self) -> ChatCompletionRequest:
+        choice = self.tool_choice
+        if choice is None:
+            return self
+        if not self.tools:
+            raise InvalidParameter("tool_choice is only allowed when tools are specified", "tool_choice")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in self.tools}:
+            raise InvalidParameter(f"tool_choice names the function {choice.function.name!r}, which is not among "
+                                   "the tools", "tool_choice")
+        if choice == "required" or isinstance(choice, NamedToolChoice):
+            # Forcing a call needs the structured-output engine (tool_calls.forced_tool_call_schema).
+            kind = "'required'" if choice == "required" else "naming a function"
+            raise InvalidParameter(f"tool_choice {kind} is not supported yet; use 'auto' or 'none'", "tool_choice")
+        return self
+
+    @property
+    def effective_tool_choice(self) -> str:
+        """"auto" or "none": OpenAI's default is "auto" when there are tools."""
+        if self.tool_choice is None:
+            return "auto" if self.tools else "none"
+        return self.tool_choice if isinstance(self.tool_choice, str) else "function"
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        """The tools as the chat template receives them (transformers' `tools=`); none under "none"."""
+        if not self.tools or self.effective_tool_choice == "none":
+            return None
+        return [tool.model_dump(exclude_none=True) for tool in self.tools]
 
     def _limits(self) -> tuple[int | None, int | None]:
         return self.requested_max_tokens, self.num_logprobs

@@ -23,6 +23,7 @@ from llmserve.server.cached_responses import (
     replay_body,
     replay_chunks,
 )
+from llmserve.server.chat_tools import ChatSetup
 from llmserve.server.errors import APIError, bad_request, error_body
 from llmserve.server.metrics import ServerMetrics
 from llmserve.server.shedding import Shed
@@ -86,13 +87,15 @@ class RequestLog:
 
 class Serving:
     def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics, shedder: LoadShedder,
-                 responses: ResponseCacheFront | None = None) -> None:
+                 responses: ResponseCacheFront | None = None, chat: ChatSetup | None = None) -> None:
         self.engine = engine
         self.model_name = model_name
         self.metrics = metrics
         self.shedder = shedder
         self.responses = responses
         self.tokenizer = engine.tokenizer
+        self.chat = chat or ChatSetup()
+        self.tool_parser = self.chat.parser(self.tokenizer.chat_template if self.tokenizer else None)
         # A few threads: one huge prompt being tokenized does not hold up everyone else's.
         self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmserve-tokenize")
         self.in_flight: set[str] = set()  # engine request ids being streamed, for cut_off()

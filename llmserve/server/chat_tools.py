@@ -1,0 +1,61 @@
+"""Tool calling on /v1/chat/completions: which parser a server uses, and a choice's message and
+stream deltas with the calls parsed out of its text (llmserve.tool_calls does the parsing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llmserve.server.errors import bad_request
+from llmserve.tool_calls import ToolCallParser, ToolCallStream, get_parser, parse_tool_calls, parser_for_template
+
+if TYPE_CHECKING:
+    from llmserve.engine.outputs import CompletionOutput
+    from llmserve.server.protocol import ChatCompletionRequest
+
+
+@dataclass(frozen=True)
+class ChatSetup:
+    """What `serve` says about chat beyond the model: `--chat-template` (its text) and `--tool-call-parser`."""
+
+    chat_template: str | None = None
+    tool_call_parser: str | None = None
+
+    def parser(self, model_template: str | None) -> ToolCallParser | None:
+        """The named parser, else the one the template in use shows its model; None: no tool calling."""
+        if self.tool_call_parser:
+            return get_parser(self.tool_call_parser)
+        return parser_for_template(self.chat_template or model_template)
+
+
+def tool_parser_for(body: ChatCompletionRequest, parser: ToolCallParser | None) -> ToolCallParser | None:
+    """The parser this request's output goes through; None when calls are not looked for. Tools this
+    server could not parse calls for are refused rather than silently ignored."""
+    if body.template_tools() is None:
+        return None
+    if parser is None:
+        raise bad_request("this model's chat template has no tool calling: start the server with a tool-capable "
+                          "--chat-template (llmserve ships smollm2_tools) or name a --tool-call-parser", "tools")
+    return parser
+
+
+def finish_with_calls(reason: str | None, called: bool) -> str | None:
+    return "tool_calls" if called and reason == "stop" else reason
+
+
+def tool_message(parser: ToolCallParser, text: str, parallel: bool) -> dict[str, Any]:
+    """The assistant message of a whole reply: its content outside the calls, and the calls."""
+    parsed = parse_tool_calls(parser, text, parallel)
+    message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+    if parsed.tool_calls:
+        message["tool_calls"] = [call.as_openai() for call in parsed.tool_calls]
+    return message
+
+
+def tool_deltas(out: CompletionOutput, stream: ToolCallStream) -> list[dict[str, Any]]:
+    """The deltas a choice's new text settles this step, each for a chunk of its own: a step may settle
+    content, a call's name and its arguments at once, and a chunk carries one delta per choice."""
+    deltas = stream.feed(out.text, out.finished)
+    if not deltas and (out.finished or out.delta_token_ids):
+        deltas = [{}]  # the finish, or the logprobs of tokens held back, still go out
+    return deltas
