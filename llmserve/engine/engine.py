@@ -264,10 +264,10 @@ class LLMEngine:
         self.threads.adjust()
         try:
             result = self.runner.execute(scheduler_output(plan.scheduled))
+            record_prompt_results(plan.scheduled, [r.num_computed_tokens for r, _ in plan.scheduled], result)
         except Exception as exc:  # one bad batch must not take the engine down
             logger.exception("engine step failed")
             return self._fail(plan.scheduled, f"internal error: {exc}")
-        record_prompt_results(plan.scheduled, [r.num_computed_tokens for r, _ in plan.scheduled], result)
         for request, num_new in plan.scheduled:
             request.num_computed_tokens += num_new
             self.block_manager.cache_full_blocks(request)
