@@ -92,7 +92,6 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("chat_template_kwargs", TEMPLATE, "extra chat template variables are not accepted"),
     Unsupported("documents", TEMPLATE, "documents for the chat template are not accepted"),
     Unsupported("tools", (TOKENIZE_CHAT,), "tools are rendered by chat completions only"),
-    Unsupported("prompt_logprobs", BOTH, "prompt logprobs are not implemented yet"),
     Unsupported("guided_decoding_backend", BOTH, "structured outputs always use xgrammar", _is("xgrammar")),
     Unsupported("guided_whitespace_pattern", BOTH, "JSON is generated without free whitespace"),
 )
