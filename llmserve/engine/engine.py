@@ -19,12 +19,15 @@ from llmserve.engine.native_memory import cap_onednn_primitive_cache
 from llmserve.engine.output_builder import OutputBuilder
 from llmserve.engine.outputs import RequestOutput
 from llmserve.engine.prefix_cache import PrefixCache, root_hash
+from llmserve.engine.prompt_results import PromptResults, record_prompt_results
 from llmserve.engine.request import Request, RequestStatus
 from llmserve.engine.scheduler import Scheduler
 from llmserve.engine.scheduler_output import scheduler_output
 from llmserve.engine.threads import ThreadGovernor
 from llmserve.model.loader import load_model, resolve_dtype
-from llmserve.runner.model_runner import ModelRunner, SampledToken
+from llmserve.pooling_params import PoolingParams
+from llmserve.runner.model_runner import ModelRunner
+from llmserve.runner.step_result import SampledToken
 from llmserve.sampling_params import InvalidParameter, SamplingParams
 from llmserve.structured.compiler import GrammarCompiler
 from llmserve.structured.guide import Guide
@@ -44,9 +47,16 @@ class PreparedRequest:
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
-    params: SamplingParams
+    params: SamplingParams  # a pooling request's are SamplingParams(max_tokens=0): it generates nothing
     priority: int = 0  # the service class's rank
     grammar: xgr.CompiledGrammar | None = None  # params.guided, compiled
+    pooling: PoolingParams | None = None  # set for an embedding request
+
+    def prompt_results(self) -> PromptResults | None:
+        """A fresh accumulator of what the prompt's chunks give besides KV, when the request wants any."""
+        if self.params.prompt_logprobs is None and self.pooling is None:
+            return None
+        return PromptResults(len(self.prompt_token_ids), self.params.prompt_logprobs, self.pooling)
 
 
 class LLMEngine:
@@ -137,18 +147,24 @@ class LLMEngine:
         return self.scheduler.config
 
     # --- requests in ---------------------------------------------------------------------
-    def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+    def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams | None = None,
                 priority: int | str | None = None) -> PreparedRequest:
         """Validate and tokenize; raises ValueError on bad input. Safe to call from any thread.
 
         `priority` names a service class, by rank (0 = most important) or name; None is the default class.
+        PoolingParams make an embedding request: it generates nothing, and its final output has `embedding`.
         """
-        params = params or SamplingParams()
+        pooling = params if isinstance(params, PoolingParams) else None
+        params = SamplingParams(max_tokens=0) if pooling is not None else params or SamplingParams()
         rank = self.scheduler_config.service_classes.rank(priority)
         text, token_ids = self._tokenize(prompt)
         if not token_ids:
             raise ValueError("the prompt is empty")
-        if len(token_ids) >= self.max_model_len:
+        if params.max_tokens == 0:  # nothing to generate: the prompt may fill the whole context
+            if len(token_ids) > self.max_model_len:
+                raise ValueError(f"the prompt has {len(token_ids)} tokens; the context length is "
+                                 f"{self.max_model_len}")
+        elif len(token_ids) >= self.max_model_len:
             raise ValueError(f"the prompt has {len(token_ids)} tokens; the context length is {self.max_model_len} "
                              "and at least one must be left to generate")
         vocab = self.model_config.vocab_size
@@ -160,7 +176,7 @@ class LLMEngine:
             raise InvalidParameter(f"stop_token_ids must lie in [0, {vocab})", "stop_token_ids")
         if len(token_ids) >= self._pool_tokens:
             raise ValueError(f"the prompt has {len(token_ids)} tokens; the KV cache holds {self._pool_tokens}")
-        return PreparedRequest(request_id, text, token_ids, params, rank, self._compile_guided(params))
+        return PreparedRequest(request_id, text, token_ids, params, rank, self._compile_guided(params), pooling)
 
     def _compile_guided(self, params: SamplingParams) -> xgr.CompiledGrammar | None:
         guided = params.guided
@@ -191,7 +207,7 @@ class LLMEngine:
             raise ValueError("this model has no tokenizer; pass prompt_token_ids")
         return prompt, self.tokenizer.encode(prompt)
 
-    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams | None = None,
                     priority: int | str | None = None) -> None:
         self.add_prepared(self.prepare(request_id, prompt, params, priority))
 
@@ -204,6 +220,8 @@ class LLMEngine:
         room = min(self.max_model_len, self._pool_tokens) - len(prepared.prompt_token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         children = [self._make_sequence(prepared, i, max_tokens) for i in range(params.n)]
+        # The prompt is the same for all n: its first sequence alone gathers the prompt's results.
+        children[0].prompt_results = prepared.prompt_results()
         self._requests[prepared.request_id] = children
         self.outputs.register(prepared, children)
         for child in children:
@@ -245,16 +263,19 @@ class LLMEngine:
             return []
         self.threads.adjust()
         try:
-            sampled = self.runner.execute(scheduler_output(plan.scheduled))
+            result = self.runner.execute(scheduler_output(plan.scheduled))
         except Exception as exc:  # one bad batch must not take the engine down
             logger.exception("engine step failed")
             return self._fail(plan.scheduled, f"internal error: {exc}")
+        record_prompt_results(plan.scheduled, [r.num_computed_tokens for r, _ in plan.scheduled], result)
         for request, num_new in plan.scheduled:
             request.num_computed_tokens += num_new
             self.block_manager.cache_full_blocks(request)
+            if request.max_tokens == 0 and request.num_pending_tokens == 0:
+                self.scheduler.finish(request, RequestStatus.FINISHED_LENGTH)  # prefilled: all it asked for
         touched = {r.parent_id for r, _ in plan.scheduled}
         failed: list[RequestOutput] = []
-        for token in sampled:
+        for token in result.sampled:
             request = plan.scheduled[token.seq_index][0]
             if request.is_finished:  # a sibling failed earlier in this loop and ended it
                 continue
