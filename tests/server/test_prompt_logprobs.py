@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from llmserve.server.app import ServerConfig
-from tests.server.fp32_server import assert_close
+from tests.server.fp32_server import TOLERANCE, assert_close
 from tests.server.live_server import MODEL_NAME, live_server
 from tests.server.test_errors import assert_openai_error
 
@@ -32,7 +32,9 @@ def _check_against_transformers(server, reference, entries: list, prompt_ids: li
         row = expected[i]
         own = entry[str(token_id)]  # the prompt's own token, first, with its rank in the vocabulary
         assert list(entry)[0] == str(token_id)
-        assert own["rank"] == 1 + int((row > row[token_id]).sum())
+        # Deep in the vocabulary neighbours lie closer than float rounding: the rank is exact up to those.
+        value = row[token_id]
+        assert 1 + int((row > value + TOLERANCE).sum()) <= own["rank"] <= 1 + int((row > value - TOLERANCE).sum())
         assert_close([own["logprob"]], [row[token_id].item()])
         assert own["decoded_token"] == _decoded(server, token_id)
         values, ids = row.topk(k)
