@@ -13,7 +13,7 @@ import pytest
 
 from llmserve.server.app import ServerConfig
 from tests.server.fp32_server import assert_close
-from tests.server.live_server import MODEL_NAME, live_server
+from tests.server.live_server import MODEL_NAME, live_server, scrape
 from tests.server.test_errors import assert_openai_error
 from tests.server.test_prompt_logprobs import assert_same_bytes
 
@@ -136,3 +136,31 @@ def test_the_response_cache_replays_an_embedding(fp32_engine):
             assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("miss", "hit")
             assert_same_bytes(miss, hit)
         assert _embed(live, input=["cache me", "too"], cache=False).headers["x-cache"] == "bypass"
+
+
+def test_an_embedding_is_served_and_measured_like_a_prompt(fp32_server):
+    before = scrape(fp32_server.url)
+    assert _embed(fp32_server, input=IDS[:2]).status_code == 200
+    after = scrape(fp32_server.url)
+
+    def delta(name: str, extra: str = "") -> float:
+        labels = ",".join(sorted(filter(None, [f'model_name="{MODEL_NAME}"', extra])))
+        key = f"llmserve:{name}{{{labels}}}"
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("prompt_tokens_total") == 8 and delta("generation_tokens_total") == 0
+    assert delta("request_success_total", 'finished_reason="length"') == 2
+    # Its prompt computed is its first (and only) result: it counts towards the drain rate the shedder predicts by.
+    assert delta("time_to_first_token_seconds_count") == 2
+    assert fp32_server.state.shedder.total_queued == 0 and fp32_server.state.shedder.drain_rate() is not None
+
+
+def test_a_full_queue_sheds_embeddings_too(fp32_engine):
+    with live_server(fp32_engine, ServerConfig(served_model_name=MODEL_NAME, max_queued_requests=2)) as live:
+        held = [live.state.shedder.enter(0, 10) for _ in range(2)]  # what two queued prompts would hold
+        resp = _embed(live, input="hi")
+        assert_openai_error(resp, 429)
+        assert int(resp.headers["retry-after"]) >= 1
+        for ticket in held:
+            ticket.leave(served=False)
+        assert _embed(live, input="hi").status_code == 200
