@@ -164,3 +164,10 @@ def test_a_full_queue_sheds_embeddings_too(fp32_engine):
         for ticket in held:
             ticket.leave(served=False)
         assert _embed(live, input="hi").status_code == 200
+
+
+def test_an_input_may_fill_the_whole_context(fp32_server, reference):
+    ids = [(7 * i) % 300 + 5 for i in range(512)]  # max_model_len: nothing is generated, so all of it fits
+    data = _embed(fp32_server, input=ids).json()["data"]
+    assert_close(data[0]["embedding"], reference.embedding(ids))
+    assert_openai_error(_embed(fp32_server, input=ids + [5]), 400, "input")
