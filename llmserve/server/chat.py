@@ -67,7 +67,6 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
     return await serving.reply(cache, reply)
 
 
-
 def _choice(shape: _Shape, out: CompletionOutput, body: ChatCompletionRequest,
             parser: ToolCallParser | None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": out.text}
