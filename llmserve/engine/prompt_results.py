@@ -52,7 +52,8 @@ class PromptResults:
         return self.num_logprobs is not None and min(end, self.num_prompt_tokens - 1) >= len(self.logprobs)
 
     def wants_pooling(self, end: int) -> bool:
-        return self.pooling is not None and end > self.num_pooled and end <= self.num_prompt_tokens
+        """Every prompt chunk is summed, even one summed before a preemption: the sum restarts with it."""
+        return self.pooling is not None and end <= self.num_prompt_tokens
 
     def add_logprobs(self, start: int, entries: list[TokenLogprobs]) -> None:
         """Entries of a chunk that starts at position `start`: those of tokens start + 1, ...."""

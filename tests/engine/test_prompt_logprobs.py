@@ -28,8 +28,9 @@ def tiny(tmp_path_factory):
     return str(path), hf_model
 
 
-def _engine(folder: str, num_blocks: int = 256, prefix_caching: bool = True, **sched) -> LLMEngine:
-    return LLMEngine(EngineConfig(model=folder, max_model_len=256,
+def _engine(folder: str, num_blocks: int = 256, prefix_caching: bool = True, backend: str = "auto",
+            **sched) -> LLMEngine:
+    return LLMEngine(EngineConfig(model=folder, max_model_len=256, backend=backend,
                                   cache=CacheConfig(block_size=4, num_blocks=num_blocks,
                                                     enable_prefix_caching=prefix_caching),
                                   scheduler=SchedulerConfig(**sched)))
@@ -78,12 +79,13 @@ def test_no_prompt_logprobs_unless_asked(tiny):
     assert done["a"].prompt_logprobs is None and done["a"].embedding is None
 
 
-def test_chunked_prefill_longer_than_the_step_budget(tiny):
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_chunked_prefill_longer_than_the_step_budget(tiny, backend):
     folder, hf_model = tiny
     prompts = _prompts(3, seed=1, low=30, high=60)
     params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, prompt_logprobs=3)
     for budget in (7, 8):  # chunk ends inside a block and on a block boundary
-        done = _run(_engine(folder, max_num_batched_tokens=budget, max_num_seqs=2),
+        done = _run(_engine(folder, backend=backend, max_num_batched_tokens=budget, max_num_seqs=2),
                     {str(i): (p, params) for i, p in enumerate(prompts)})
         for i, prompt in enumerate(prompts):
             assert len(prompt) > budget
@@ -140,8 +142,10 @@ def test_a_cached_prefix_is_computed_again(tiny):
     hit = _run(engine, {"hit": (prompt, GREEDY)})["hit"]
     assert hit.num_cached_tokens > 0  # the prefix is in the cache
     asked = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, prompt_logprobs=3)
+    queries = engine.block_manager.prefix_cache.stats.queries
     out = _run(engine, {"asked": (prompt, asked)})["asked"]
     assert out.num_cached_tokens == 0
+    assert engine.block_manager.prefix_cache.stats.queries == queries  # no lookup was made
     _assert_matches_transformers(hf_model, prompt, out.prompt_logprobs, 3)
     assert out.outputs[0].token_ids == hit.outputs[0].token_ids
 
