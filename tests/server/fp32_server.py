@@ -14,9 +14,13 @@ from tests.timing import classes_without_targets
 TOLERANCE = 1e-4
 
 
+CHUNK = 64  # tokens per engine step: a longer prompt is prefilled in chunks, which must not change its numbers
+
+
 def fp32_engine(model_path: Path) -> AsyncEngine:
     return AsyncEngine.from_args(str(model_path), dtype="float32", max_model_len=512, block_size=16,
-                                 num_kv_blocks=256, max_num_seqs=64, service_classes=classes_without_targets())
+                                 num_kv_blocks=256, max_num_seqs=64, max_num_batched_tokens=CHUNK,
+                                 service_classes=classes_without_targets())
 
 
 class Reference:
