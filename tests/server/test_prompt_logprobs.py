@@ -4,6 +4,8 @@ and the response cache replaying echo and prompt-logprob replies byte for byte."
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -127,3 +129,21 @@ def test_echo_with_and_without_prompt_logprobs_are_different_entries(cached):
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "miss")
     assert "prompt_logprobs" in second.json()["choices"][0]
     assert "prompt_logprobs" not in first.json()["choices"][0]
+
+
+def _stream_lines(server, **fields) -> tuple[str, list[str]]:
+    body = {"model": MODEL_NAME, "temperature": 0, "max_tokens": 3, "stream": True, **fields}
+    with httpx.stream("POST", server.base_url + "/completions", json=body, timeout=60) as resp:
+        assert resp.status_code == 200
+        return resp.headers["x-cache"], [line for line in resp.iter_lines() if line]
+
+
+def test_a_cached_echo_stream_replays_the_same_bytes(cached):
+    fields = {"prompt": [PROMPT_IDS, PROMPT_IDS[:3]], "echo": True, "logprobs": 2, "n": 2, "seed": 4,
+              "temperature": 0.9, "stream_options": {"include_usage": True}}
+    (miss_status, miss), (hit_status, hit) = _stream_lines(cached, **fields), _stream_lines(cached, **fields)
+    assert (miss_status, hit_status) == ("miss", "hit")
+    first, second = json.loads(miss[0][6:]), json.loads(hit[0][6:])
+    expected = [line.replace(first["id"], second["id"]).replace(f'"created":{first["created"]}',
+                                                                 f'"created":{second["created"]}') for line in miss]
+    assert [line.replace(',"cached":true', "") for line in hit] == expected
