@@ -30,11 +30,6 @@ class RequestStatus(enum.IntEnum):
     FINISHED_ERROR = 6
 
     @property
-    def needs_prompt_states(self) -> bool:
-        """Whether its prompt's hidden states must still be computed, so a prefix-cache hit is no use."""
-        return self.prompt_results is not None and not self.prompt_results.is_complete
-
-    @property
     def is_finished(self) -> bool:
         return self > RequestStatus.PREEMPTED
 

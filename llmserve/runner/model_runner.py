@@ -44,8 +44,8 @@ class ModelRunner:
         for i, seq in enumerate(output.sequences):
             if seq.prompt_logprobs is not None:
                 targets = prompt_targets(seq)
-                rows = hidden[kept.rows(i, len(targets))]
-                result.prompt_logprobs[i] = prompt_logprobs(self.model.compute_logits, rows, targets,
+                states = hidden[kept.rows(i, len(targets))]
+                result.prompt_logprobs[i] = prompt_logprobs(self.model.compute_logits, states, targets,
                                                             seq.prompt_logprobs)
             if seq.pool:
                 result.pooled[i] = hidden[kept.rows(i, seq.num_tokens)].float().sum(dim=0)
