@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from llmserve.server.chat_tools import finish_with_calls, tool_deltas, tool_message, tool_parser_for
 from llmserve.server.errors import bad_request
+from llmserve.server.prompt_logprobs import prompt_entries, vllm_prompt_logprobs
 from llmserve.server.protocol import ChatCompletionRequest
 from llmserve.server.serving import (
     RequestContext,
@@ -60,7 +61,10 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
     choices = [_choice(shape, out, body, parser) for out in final.outputs]
     log.count(final)
     log.emit()
-    return await serving.reply(cache, {**shape.header("chat.completion"), "choices": choices, "usage": log.usage()})
+    reply = {**shape.header("chat.completion"), "choices": choices, "usage": log.usage()}
+    if body.prompt_logprobs is not None:  # vLLM's place for them: the response's, as chat has one prompt
+        reply["prompt_logprobs"] = vllm_prompt_logprobs(prompt_entries(final), serving.token_text)
+    return await serving.reply(cache, reply)
 
 
 def _choice(shape: _Shape, out: CompletionOutput, body: ChatCompletionRequest,

@@ -42,34 +42,16 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class _SamplingFields(GuidedFields):
-    """Fields shared by both endpoints: OpenAI's, then vLLM's extensions under vLLM's names."""
+class ServedFields(BaseModel):
+    """Fields every model endpoint takes: which model, who asks, the class and the response cache switch."""
 
     # Unknown fields are ignored, as OpenAI and vLLM do, so newer clients keep working. No float
     # may be inf or NaN (1e999 parses as inf): none means anything to the sampler.
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = None
-    n: StrictInt = Field(1, ge=1, le=16)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    stream: StrictBool = False
-    stream_options: StreamOptions | None = None
     # OpenAI's end-user id for its abuse monitoring: accepted and, as this server monitors nothing, a no-op.
     user: str | None = None
-    top_k: StrictInt | None = Field(None, ge=-1)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, ge=REPETITION_PENALTY_MIN, le=REPETITION_PENALTY_MAX)
-    ignore_eos: StrictBool = False
-    min_tokens: StrictInt = Field(0, ge=0)
-    stop_token_ids: list[StrictInt] | None = None
-    skip_special_tokens: StrictBool = True
-    include_stop_str_in_output: StrictBool = False
-    _params: SamplingParams = PrivateAttr()
     priority: Any = None  # a service class: its rank or name; None: the default class
     cache: StrictBool | None = None  # false: neither read nor stored by the response cache
 
@@ -80,13 +62,44 @@ class _SamplingFields(GuidedFields):
             return value
         raise ValueError("priority must be a service class name or an integer rank")
 
+
+class _SamplingFields(GuidedFields, ServedFields):
+    """Fields shared by both endpoints: OpenAI's, then vLLM's extensions under vLLM's names."""
+
+    n: StrictInt = Field(1, ge=1, le=16)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    top_k: StrictInt | None = Field(None, ge=-1)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, ge=REPETITION_PENALTY_MIN, le=REPETITION_PENALTY_MAX)
+    ignore_eos: StrictBool = False
+    min_tokens: StrictInt = Field(0, ge=0)
+    stop_token_ids: list[StrictInt] | None = None
+    skip_special_tokens: StrictBool = True
+    include_stop_str_in_output: StrictBool = False
+    # vLLM's: the log-probability of each prompt token given those before it, with this many alternatives.
+    prompt_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    _params: SamplingParams = PrivateAttr()
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def _limits(self) -> tuple[int | None, int | None]:
-        """(max_tokens, logprobs) as this endpoint spells them."""
+    def _limits(self) -> tuple[int | None, int | None, int | None]:
+        """(max_tokens, logprobs, prompt_logprobs) as this endpoint spells them."""
         raise NotImplementedError
+
+    def _checked_prompt_logprobs(self) -> int | None:
+        # As vLLM: a stream has no place for them (echo's prompt logprobs do go out in its first chunk).
+        if self.prompt_logprobs is not None and self.stream:
+            raise InvalidParameter("prompt_logprobs are not available when stream is true", "prompt_logprobs")
+        return self.prompt_logprobs
 
     @model_validator(mode="after")
     def _sampling_params_are_valid(self) -> _SamplingFields:
@@ -99,7 +112,8 @@ class _SamplingFields(GuidedFields):
         """The SamplingParams built (and so checked) while the body was validated."""
         return self._params
 
-    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None,
+                        prompt_logprobs: int | None = None) -> SamplingParams:
         return SamplingParams(
             n=self.n, temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0, min_p=self.min_p,
@@ -108,14 +122,15 @@ class _SamplingFields(GuidedFields):
             min_tokens=self.min_tokens, stop=self.stop, stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos, logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output, guided=self.guided(),
+            prompt_logprobs=prompt_logprobs,
         )
 
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | TokenIds | list[TokenIds]
-    max_tokens: StrictInt | None = Field(16, ge=1)
+    max_tokens: StrictInt | None = Field(16, ge=0)  # 0 only with echo: the prompt alone
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    echo: StrictBool = False
+    echo: StrictBool = False  # the text (and logprobs) of each choice start with its prompt
 
     @model_validator(mode="before")
     @classmethod
@@ -129,8 +144,14 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("prompt must not be an empty list")
         return prompt
 
-    def _limits(self) -> tuple[int | None, int | None]:
-        return self.max_tokens, self.logprobs
+    def _limits(self) -> tuple[int | None, int | None, int | None]:
+        if self.max_tokens == 0 and not self.echo:
+            raise InvalidParameter("max_tokens must be at least 1; 0 is allowed only with echo, which returns the "
+                                   "prompt alone", "max_tokens")
+        prompt_logprobs = self._checked_prompt_logprobs()
+        if self.echo and self.logprobs is not None:  # echoed logprobs start with the prompt's, as vLLM's
+            prompt_logprobs = max(prompt_logprobs or 0, self.logprobs)
+        return self.max_tokens, self.logprobs, prompt_logprobs
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: a string, or a list of token ids."""
@@ -301,8 +322,8 @@ class ChatCompletionRequest(_SamplingFields):
             return None
         return [tool.model_dump(exclude_none=True) for tool in self.tools]
 
-    def _limits(self) -> tuple[int | None, int | None]:
-        return self.requested_max_tokens, self.num_logprobs
+    def _limits(self) -> tuple[int | None, int | None, int | None]:
+        return self.requested_max_tokens, self.num_logprobs, self._checked_prompt_logprobs()
 
     @property
     def requested_max_tokens(self) -> int | None:
