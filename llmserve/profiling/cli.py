@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from llmserve.config import BACKENDS
+
 
 class _OneLineParser(argparse.ArgumentParser):
     """Any bad flag or value is one line on stderr and exit 2, without the usage block."""
@@ -38,6 +40,8 @@ def build_profile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     parser.add_argument("--quantization", "-q", default=None, help="none | int8 | int4 | w8a8 | fp8")
     parser.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="attention backend: auto (the device's own), cpu, torch or cuda")
     parser.add_argument("--batch", type=_positive, default=1, help="sequences in the batch (default: 1)")
     parser.add_argument("--context", type=_positive, default=128, help="prompt tokens per sequence (default: 128)")
     parser.add_argument("--decode-steps", type=_positive, default=8, help="decode steps measured (default: 8)")
@@ -65,7 +69,7 @@ def run_profile(argv: list[str]) -> int:
 
     _check_model_path(args.model)
     settings = ProfileSettings(model=args.model, dtype=args.dtype, quantization=args.quantization,
-                               device=args.device, batch=args.batch, context=args.context,
+                               device=args.device, backend=args.backend, batch=args.batch, context=args.context,
                                decode_steps=args.decode_steps, threads=args.threads)
     report = profile(settings, trace_path=args.trace)
     print(report.format())

@@ -27,6 +27,7 @@ class ProfileSettings:
     dtype: str = "auto"
     quantization: str | None = None
     device: str = "auto"
+    backend: str = "auto"
     batch: int = 1
     context: int = 128
     decode_steps: int = 8
@@ -50,7 +51,7 @@ class ProfileSettings:
         needed = self.batch * -(-self.max_model_len // self.block_size)
         spare = needed // 50 + 2  # the scheduler keeps ~1% of the pool free when admitting
         return EngineConfig.create(
-            self.model, dtype=self.dtype, quantization=self.quantization, device=self.device,
+            self.model, dtype=self.dtype, quantization=self.quantization, device=self.device, backend=self.backend,
             max_model_len=self.max_model_len, block_size=self.block_size, num_kv_blocks=needed + spare,
             enable_prefix_caching=False, max_num_seqs=self.batch, max_num_batched_tokens=self.batch * self.context,
             scheduling_policy="fcfs", num_threads=self.threads, enforce_eager=True, seed=self.seed)
