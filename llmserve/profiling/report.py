@@ -44,9 +44,9 @@ class ProfileReport:
     def format(self) -> str:
         roof = self.roofline
         memory = ", ".join(f"{name.replace('_', ' ')} {_size(size)}" for name, size in self.memory.items())
+        threads = f"{self.threads} thread{'' if self.threads == 1 else 's'}"
         lines = [f"{self.model} on {self.device} ({self.backend} backend, {self.dtype}, {self.quantization}, "
-                 f"{self.threads} threads): batch {self.batch}, context {self.context}, "
-                 f"{self.decode_steps} decode steps",
+                 f"{threads}): batch {self.batch}, context {self.context}, {self.decode_steps} decode steps",
                  f"roofline: copy {roof.copy_bytes_per_s / 1e9:.1f} GB/s, matmul "
                  f"{roof.matmul_flops_per_s / 1e9:.1f} GFLOP/s ({roof.matmul_dtype})",
                  f"memory: {memory}",
@@ -68,7 +68,7 @@ def _phase_lines(table: PhaseTable) -> list[str]:
     out = [head]
     for row in rows:
         cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        out.append("  " + "  ".join(cells))
+        out.append(("  " + "  ".join(cells)).rstrip())
     return out
 
 

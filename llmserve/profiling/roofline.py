@@ -33,7 +33,7 @@ def measure_roofline(device: torch.device, dtype: torch.dtype, clock: DeviceCloc
     to fill the GPU) that still run in about a second."""
     cuda = device.type == "cuda"
     copy_bytes = copy_bytes or (1 << 30 if cuda else 256 << 20)
-    matmul_size = matmul_size or (8192 if cuda else (1536 if dtype == torch.float32 else 768))
+    matmul_size = matmul_size or (8192 if cuda else (1536 if dtype == torch.float32 else 512))
     return Roofline(copy_bandwidth(device, clock, copy_bytes), matmul_throughput(device, dtype, clock, matmul_size),
                     str(dtype).removeprefix("torch."))
 
