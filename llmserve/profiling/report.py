@@ -61,6 +61,8 @@ def _phase_lines(table: PhaseTable) -> list[str]:
     what = "step" if table.steps == 1 else f"step (mean of {table.steps})"
     head = (f"{table.phase}: {table.sequences} sequences, {table.tokens_per_step:.0f} tokens per step, "
             f"{table.wall_ms:.2f} ms per {what}")
+    if table.unprofiled_wall_ms is not None:
+        head += f" ({table.unprofiled_wall_ms:.2f} ms unprofiled)"
     rows = [("part", "ms", "share", "GB/s", "GFLOP/s", "roof", "bound")]
     rows += [_cells(p) for p in table.parts]
     rows.append(("total", f"{table.parts_ms:.2f}", f"{sum(p.share for p in table.parts):.1%}", "", "", "", ""))

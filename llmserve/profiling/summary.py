@@ -29,6 +29,7 @@ class PhaseTable:
     tokens_per_step: float
     wall_ms: float  # per step
     parts: list[PartRow]
+    unprofiled_wall_ms: float | None = None  # per step, the same steps run without profiling
 
     @property
     def parts_ms(self) -> float:
@@ -60,7 +61,9 @@ def _phase_table(phase: str, steps: list[StepSample], shapes: ModelShapes, roofl
     rows.append(_row(cat.OVERHEAD, max(wall - sum(seconds.values()), 0.0), wall, None, roofline))
     tokens = sum(b.num_tokens for s in steps for b in s.batches) / n
     sequences = max(b.num_seqs for s in steps for b in s.batches)
-    return PhaseTable(phase, n, sequences, tokens, wall * 1000.0, rows)
+    bare = [s.unprofiled_wall_s for s in steps]
+    unprofiled = None if None in bare else sum(bare) / n * 1000.0
+    return PhaseTable(phase, n, sequences, tokens, wall * 1000.0, rows, unprofiled)
 
 
 def _row(part: str, seconds: float, wall: float, cost: Cost | None, roofline: Roofline) -> PartRow:

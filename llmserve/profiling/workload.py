@@ -65,6 +65,7 @@ class StepSample:
     parts_s: dict[str, float]  # seconds per measured category
     batches: list[StepBatch]  # what the runner ran (one per forward)
     sampled_rows: int
+    unprofiled_wall_s: float | None = None  # the same step of a round run without any profiling
 
     @property
     def phase(self) -> str:
@@ -83,6 +84,16 @@ def warm_up(engine: LLMEngine, settings: ProfileSettings, clock: DeviceClock) ->
     _one_round(engine, settings, clock, None, round_index=0)
 
 
+def _unprofiled_walls(engine: LLMEngine, settings: ProfileSettings, clock: DeviceClock,
+                      samples: list[StepSample]) -> None:
+    """Runs the round again without the profiler, so the table can show what profiling cost. The
+    scheduler is deterministic, so its steps match the measured round's one for one."""
+    walls, _ = _one_round(engine, settings, clock, None, round_index=2)
+    if len(walls) == len(samples):
+        for sample, wall in zip(samples, walls, strict=True):
+            sample.unprofiled_wall_s = wall
+
+
 def run_workload(engine: LLMEngine, settings: ProfileSettings, clock: DeviceClock,
                  trace_path: str | None = None) -> WorkloadRun:
     """The measured round, under torch's profiler and the profiler's timed regions."""
@@ -92,8 +103,9 @@ def run_workload(engine: LLMEngine, settings: ProfileSettings, clock: DeviceCloc
     clock.reset_peak_memory()
     with torch.profiler.profile(activities=clock.profiler_activities) as prof, \
             instrumented(engine.runner, recorder):
-        samples = _one_round(engine, settings, clock, recorder, round_index=1)
+        _, samples = _one_round(engine, settings, clock, recorder, round_index=1)
     peak = clock.peak_memory()
+    _unprofiled_walls(engine, settings, clock, samples)
     if trace_path:
         prof.export_chrome_trace(trace_path)
     return WorkloadRun(samples, _profiler_totals(prof),
@@ -101,20 +113,23 @@ def run_workload(engine: LLMEngine, settings: ProfileSettings, clock: DeviceCloc
 
 
 def _one_round(engine: LLMEngine, settings: ProfileSettings, clock: DeviceClock, recorder: Recorder | None,
-               round_index: int) -> list[StepSample]:
+               round_index: int) -> tuple[list[float], list[StepSample]]:
+    """Each step's wall time, and with a recorder, each step's sample."""
     vocab = engine.model_config.vocab_size
     generator = torch.Generator().manual_seed(settings.seed + round_index)
     for i in range(settings.batch):
         prompt = torch.randint(0, vocab, (settings.context,), generator=generator).tolist()
         params = SamplingParams(max_tokens=settings.decode_steps + 1, ignore_eos=True, **PROFILE_SAMPLING)
         engine.add_request(f"profile-{round_index}-{i}", prompt, params)
-    samples = []
+    walls: list[float] = []
+    samples: list[StepSample] = []
     while engine.has_unfinished_requests():
         clock.synchronize()
         start = time.perf_counter()
         outputs = engine.step()
         clock.synchronize()
         wall = time.perf_counter() - start
+        walls.append(wall)
         errors = [o.error for o in outputs if o.error]
         if errors:
             raise RuntimeError(f"a profiled step failed: {errors[0]}")
@@ -122,7 +137,7 @@ def _one_round(engine: LLMEngine, settings: ProfileSettings, clock: DeviceClock,
             batches = recorder.take_batches()
             sampled = sum(len(b.logits_indices) for b in batches)  # the rows that get logits and a token
             samples.append(StepSample(wall, recorder.take(), batches, sampled))
-    return samples
+    return walls, samples
 
 
 def _profiler_totals(prof: torch.profiler.profile) -> dict[str, float]:
