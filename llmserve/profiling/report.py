@@ -58,11 +58,11 @@ class ProfileReport:
 
 
 def _phase_lines(table: PhaseTable) -> list[str]:
-    what = "step" if table.steps == 1 else f"step (mean of {table.steps})"
-    head = (f"{table.phase}: {table.sequences} sequences, {table.tokens_per_step:.0f} tokens per step, "
-            f"{table.wall_ms:.2f} ms per {what}")
+    details = [] if table.steps == 1 else [f"mean of {table.steps}"]
     if table.unprofiled_wall_ms is not None:
-        head += f" ({table.unprofiled_wall_ms:.2f} ms unprofiled)"
+        details.append(f"unprofiled {table.unprofiled_wall_ms:.2f} ms")
+    head = (f"{table.phase}: {table.sequences} sequences, {table.tokens_per_step:.0f} tokens per step, "
+            f"{table.wall_ms:.2f} ms per step" + (f" ({'; '.join(details)})" if details else ""))
     rows = [("part", "ms", "share", "GB/s", "GFLOP/s", "roof", "bound")]
     rows += [_cells(p) for p in table.parts]
     rows.append(("total", f"{table.parts_ms:.2f}", f"{sum(p.share for p in table.parts):.1%}", "", "", "", ""))

@@ -72,7 +72,7 @@ def test_json_holds_the_printed_numbers(run: tuple[str, dict]) -> None:
     for phase in data["phases"]:
         section = text.split(f"\n{phase['phase']}: ", 1)[1]
         assert f"{phase['wall_ms']:.2f} ms per step" in section.splitlines()[0]
-        assert f"({phase['unprofiled_wall_ms']:.2f} ms unprofiled)" in section.splitlines()[0]
+        assert f"unprofiled {phase['unprofiled_wall_ms']:.2f} ms)" in section.splitlines()[0]
         for part in phase["parts"]:
             line = next(row for row in section.splitlines() if row.strip().startswith(part["part"] + "  "))
             cells = re.split(r"\s{2,}", line.strip())
