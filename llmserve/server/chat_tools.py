@@ -1,5 +1,8 @@
 """Tool calling on /v1/chat/completions: which parser a server uses, and a choice's message and
-stream deltas with the calls parsed out of its text (llmserve.tool_calls does the parsing)."""
+stream deltas with the calls parsed out of its text (llmserve.tool_calls does the parsing).
+
+Under `tool_choice` "auto" the parser finds calls in free text; under "required" or a named function
+the output was generated under the forced-call JSON schema, and is read as calls whatever the parser."""
 
 from __future__ import annotations
 
@@ -7,7 +10,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmserve.server.errors import bad_request
-from llmserve.tool_calls import ToolCallParser, ToolCallStream, get_parser, parse_tool_calls, parser_for_template
+from llmserve.tool_calls import (
+    ForcedCallStream,
+    ToolCallParser,
+    ToolCallStream,
+    get_parser,
+    parse_tool_calls,
+    parser_for_template,
+    read_forced_output,
+)
 
 if TYPE_CHECKING:
     from llmserve.engine.outputs import CompletionOutput
@@ -39,20 +50,38 @@ def tool_parser_for(body: ChatCompletionRequest, parser: ToolCallParser | None) 
     return parser
 
 
-def finish_with_calls(reason: str | None, called: bool) -> str | None:
+CallStream = ToolCallStream | ForcedCallStream
+
+
+def call_stream(body: ChatCompletionRequest, parser: ToolCallParser | None) -> CallStream | None:
+    """What turns a choice's streamed text into deltas; None: plain content."""
+    if body.forces_a_call:
+        return ForcedCallStream(body.forced_function)
+    return None if parser is None else ToolCallStream(parser, body.parallel_tool_calls)
+
+
+def finish_with_calls(body: ChatCompletionRequest, reason: str | None, called: bool) -> str | None:
+    """"tool_calls" when the model stopped after calling, except under a named tool_choice, where
+    OpenAI answers "stop" (the caller asked for that call: nothing was the model's choice)."""
+    called = called and body.forced_function is None
     return "tool_calls" if called and reason == "stop" else reason
 
 
-def tool_message(parser: ToolCallParser, text: str, parallel: bool) -> dict[str, Any]:
+def tool_message(body: ChatCompletionRequest, parser: ToolCallParser | None, text: str) -> dict[str, Any]:
     """The assistant message of a whole reply: its content outside the calls, and the calls."""
-    parsed = parse_tool_calls(parser, text, parallel)
+    if body.forces_a_call:
+        parsed = read_forced_output(text, body.forced_function)
+    elif parser is not None:
+        parsed = parse_tool_calls(parser, text, body.parallel_tool_calls)
+    else:
+        return {"role": "assistant", "content": text}
     message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
     if parsed.tool_calls:
         message["tool_calls"] = [call.as_openai() for call in parsed.tool_calls]
     return message
 
 
-def tool_deltas(out: CompletionOutput, stream: ToolCallStream) -> list[dict[str, Any]]:
+def tool_deltas(out: CompletionOutput, stream: CallStream) -> list[dict[str, Any]]:
     """The deltas a choice's new text settles this step, each for a chunk of its own: a step may settle
     content, a call's name and its arguments at once, and a chunk carries one delta per choice."""
     deltas = stream.feed(out.text, out.finished)

@@ -134,7 +134,6 @@ def test_live_model_renders_tools_and_tool_messages(live_tools, engine):
     ({"tool_choice": "auto"}, "tool_choice", "only allowed when tools"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
      "not among the tools"),
-    ({"tools": [WEATHER], "tool_choice": "required"}, "tool_choice", "'required' is not supported yet"),
     ({"tools": [{"type": "retrieval"}]}, "tools.0.type", "function"),
 ])
 def test_bad_tool_requests_get_400(live_tools, extra, param, words):
