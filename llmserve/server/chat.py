@@ -16,6 +16,7 @@ from llmserve.server.chat_tools import (
     tool_deltas,
     tool_message,
     tool_parser_for,
+    with_strict_tools,
 )
 from llmserve.server.errors import bad_request
 from llmserve.server.protocol import ChatCompletionRequest
@@ -50,7 +51,7 @@ def render_prompt(serving: Serving, body: ChatCompletionRequest) -> dict[str, An
 async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, ctx: RequestContext) -> Response:
     serving.check_model(body.model)
     parser = tool_parser_for(body, serving.tool_parser)
-    params = body.params
+    params = with_strict_tools(body, parser, body.params)
     request_id, created = new_id("chatcmpl"), int(time.time())
     log = RequestLog(request_id, ctx.received)
     prompt = await serving.off_loop(render_prompt, serving, body)  # a template over long messages takes a while

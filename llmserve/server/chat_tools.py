@@ -6,9 +6,11 @@ the output was generated under the forced-call JSON schema, and is read as calls
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from llmserve.guided import GuidedDecoding
 from llmserve.server.errors import bad_request
 from llmserve.tool_calls import (
     ForcedCallStream,
@@ -19,9 +21,11 @@ from llmserve.tool_calls import (
     parser_for_template,
     read_forced_output,
 )
+from llmserve.tool_calls.strict import has_strict_tools, strict_call_tag
 
 if TYPE_CHECKING:
     from llmserve.engine.outputs import CompletionOutput
+    from llmserve.sampling_params import SamplingParams
     from llmserve.server.protocol import ChatCompletionRequest
 
 
@@ -48,6 +52,20 @@ def tool_parser_for(body: ChatCompletionRequest, parser: ToolCallParser | None) 
         raise bad_request("this model's chat template has no tool calling: start the server with a tool-capable "
                           "--chat-template (llmserve ships smollm2_tools) or name a --tool-call-parser", "tools")
     return parser
+
+
+def with_strict_tools(body: ChatCompletionRequest, parser: ToolCallParser | None,
+                      params: SamplingParams) -> SamplingParams:
+    """Under "auto", tools with `strict: true` hold the calls the model writes to their schemas (a
+    structural tag in the parser's format); the request's sampling is otherwise unchanged."""
+    tools = body.template_tools()
+    if parser is None or body.effective_tool_choice != "auto" or not tools or not has_strict_tools(tools):
+        return params
+    if params.guided is not None:
+        raise bad_request("strict tools constrain the calls the model writes, so they cannot be combined with "
+                          f"{params.guided.param or 'another constraint'}", "tools")
+    tag = strict_call_tag(tools, parser, body.parallel_tool_calls)
+    return replace(params, guided=GuidedDecoding(structural_tag=json.dumps(tag, ensure_ascii=False), param="tools"))
 
 
 CallStream = ToolCallStream | ForcedCallStream
