@@ -77,11 +77,11 @@ class _Scanner:
         elif c in "]}":
             if self.stack:
                 self.stack.pop()
-            self._value_may_end(i, closed=depth == _CALL_DEPTH + 1, call_closed=depth == _CALL_DEPTH)
+            self._value_may_end(i, closed=depth == _CALL_DEPTH + 1, delimited=depth == _CALL_DEPTH)
         elif depth == _CALL_DEPTH and c == ":":
             self.expect = "value"
         elif depth == _CALL_DEPTH and c == ",":
-            self._value_may_end(i, closed=False, call_closed=True)
+            self._value_may_end(i, closed=False, delimited=True)
             self.expect, self.key = "key", None
         return None
 
@@ -96,15 +96,15 @@ class _Scanner:
             return self.calls[-1]
         return None
 
-    def _value_may_end(self, i: int, closed: bool, call_closed: bool) -> None:
-        """Arguments end after the bracket that closes them (an object), or before the `,` or `}`
-        that follows them (any other value)."""
+    def _value_may_end(self, i: int, closed: bool, delimited: bool) -> None:
+        """Arguments end after the bracket that closes them (`closed`: an object or array), or before
+        the `,` or `}` that follows them in the call object (`delimited`: any other value)."""
         call = self.calls[-1] if self.calls else None
         if call is None or call.args_start is None or call.args_end is not None:
             return
         if closed and len(self.stack) == _CALL_DEPTH:
             call.args_end = i + 1
-        elif call_closed:
+        elif delimited:
             call.args_end = i
 
 
