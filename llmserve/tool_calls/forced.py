@@ -88,7 +88,10 @@ class _Scanner:
     def _string_done(self, text: str, end: int) -> _Call | None:
         if len(self.stack) != _CALL_DEPTH or not self.calls:
             return None
-        value = json.loads(text[self.string_start:end + 1])
+        try:
+            value = json.loads(text[self.string_start:end + 1])
+        except ValueError:  # not a JSON string (the grammar never writes one): no key, no name
+            return None
         if self.string_is_key:
             self.key, self.expect = value, "colon"
         elif self.key == "name" and self.calls[-1].name is None and isinstance(value, str):
