@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import torch
 
@@ -34,3 +35,24 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 def is_cuda(device: str | torch.device) -> bool:
     return torch.device(device).type == "cuda"
+
+
+def measure_copy_bandwidth(device: str | torch.device, repeats: int = 5) -> float:
+    """Memory bandwidth in bytes per second, as STREAM's Copy counts it: each copy reads and writes
+    its bytes, so 2 x size / time, the best of a few. The buffer is far larger than any cache
+    (64 MiB on a CPU, 256 MiB on a GPU), and the whole measurement takes tens of milliseconds."""
+    device = torch.device(device)
+    nbytes = (256 if device.type == "cuda" else 64) << 20
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first copy faults the destination's pages in
+            best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best

@@ -49,6 +49,7 @@ class ServerConfig:
     request_read_timeout: float = 30.0  # seconds from a request's headers to the end of its body, else 408
     engine_args: dict[str, Any] = field(default_factory=dict)  # keywords of AsyncEngine.from_args
     chat: ChatSetup = field(default_factory=ChatSetup)  # --chat-template, --tool-call-parser
+    memory_bandwidth: float | None = None  # bytes/s for model_bandwidth_utilization; None: measured at start
 
 
 @dataclass
@@ -62,11 +63,13 @@ class ServerState:
     load_error: str | None = None
     shedder: LoadShedder | None = None  # built with the engine, which knows the service classes
     response_cache: ResponseCache | None = None
+    memory_bandwidth: float | None = None  # bytes/s: the flag's, or measured once the engine is built
     metrics: ServerMetrics = field(init=False)
 
     def __post_init__(self) -> None:
+        self.memory_bandwidth = self.config.memory_bandwidth
         self.metrics = ServerMetrics(self.config.served_model_name, self.engine_stats, self.queue_stats,
-                                     self.response_cache_stats)
+                                     self.response_cache_stats, lambda: self.memory_bandwidth)
 
     def response_cache_stats(self) -> ResponseCacheStats | None:
         return self.response_cache.stats if self.response_cache is not None else None
@@ -133,6 +136,9 @@ async def _load(state: ServerState, factory: EngineFactory, on_failure: Callable
                                 _response_front(state, engine), state.config.chat)
         if state.config.warmup:
             await warm_up(engine, state.config.chat.chat_template)
+        if state.memory_bandwidth is None:  # while the engine is idle, so nothing else competes
+            state.memory_bandwidth = await asyncio.to_thread(engine.measure_copy_bandwidth)
+            logger.info("memory bandwidth (a measured copy): %.1f GB/s", state.memory_bandwidth / 1e9)
     except Exception as exc:
         logger.exception("the model failed to load")
         state.load_error = str(exc)

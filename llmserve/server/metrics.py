@@ -16,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from llmserve.engine.outputs import EngineStats
+from llmserve.server.step_metrics import StepMetrics
 
 if TYPE_CHECKING:
     from llmserve.server.response_cache import ResponseCacheStats
@@ -123,7 +124,9 @@ class _ResponseCacheMetrics(Collector):
 class ServerMetrics:
     def __init__(self, model_name: str, stats: Callable[[], EngineStats | None],
                  queue: Callable[[], list[tuple[str, int, float]]] = list,
-                 response_cache: Callable[[], ResponseCacheStats | None] = lambda: None) -> None:
+                 response_cache: Callable[[], ResponseCacheStats | None] = lambda: None,
+                 bandwidth: Callable[[], float | None] = lambda: None) -> None:
+        """`bandwidth`: the device's memory bandwidth in bytes/s, None while unknown."""
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model_name"]
@@ -145,6 +148,7 @@ class ServerMetrics:
                                labels + ["finished_reason"], registry=self.registry)
         self.registry.register(_EngineGauges(model_name, stats))
         self.registry.register(_ResponseCacheMetrics(model_name, response_cache))
+        self.registry.register(StepMetrics(model_name, stats, bandwidth))
         self._class_metrics(queue)
 
     def _class_metrics(self, queue: Callable[[], list[tuple[str, int, float]]]) -> None:
