@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from llmserve.server.cached_responses import ResponseCacheFront
 from llmserve.server.chat_tools import ChatSetup
 from llmserve.server.errors import install_handlers
+from llmserve.server.http_metrics import HTTPMetrics
 from llmserve.server.limits import BodyLimits
 from llmserve.server.metrics import ServerMetrics
 from llmserve.server.response_cache import ResponseCache, ResponseCacheStats, open_response_cache
@@ -69,7 +70,12 @@ class ServerState:
     def __post_init__(self) -> None:
         self.memory_bandwidth = self.config.memory_bandwidth
         self.metrics = ServerMetrics(self.config.served_model_name, self.engine_stats, self.queue_stats,
-                                     self.response_cache_stats, lambda: self.memory_bandwidth)
+                                     self.response_cache_stats, lambda: self.memory_bandwidth, lambda: self.healthy)
+
+    @property
+    def healthy(self) -> bool:
+        """What /health answers 200 to: loaded, warmed up, and the engine loop alive."""
+        return self.ready and self.engine is not None and self.engine.is_alive
 
     def response_cache_stats(self) -> ResponseCacheStats | None:
         return self.response_cache.stats if self.response_cache is not None else None
@@ -123,6 +129,8 @@ def build_app(config: ServerConfig, engine_factory: EngineFactory | None = None,
     app.add_middleware(BodyLimits, max_bytes=config.max_request_body, read_timeout=config.request_read_timeout)
     app.include_router(router)
     document_request_bodies(app)
+    # Outermost, so it counts the refusals BodyLimits makes before any route runs.
+    app.add_middleware(HTTPMetrics, record=state.metrics.record_http, paths=lambda: app.openapi()["paths"])
     return app
 
 

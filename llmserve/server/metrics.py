@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -125,8 +125,10 @@ class ServerMetrics:
     def __init__(self, model_name: str, stats: Callable[[], EngineStats | None],
                  queue: Callable[[], list[tuple[str, int, float]]] = list,
                  response_cache: Callable[[], ResponseCacheStats | None] = lambda: None,
-                 bandwidth: Callable[[], float | None] = lambda: None) -> None:
-        """`bandwidth`: the device's memory bandwidth in bytes/s, None while unknown."""
+                 bandwidth: Callable[[], float | None] = lambda: None, healthy: Callable[[], bool] = lambda: True,
+                 ) -> None:
+        """`bandwidth`: the device's memory bandwidth in bytes/s, None while unknown; `healthy`: what
+        /health says (the engine is built, warmed up and its loop alive)."""
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model_name"]
@@ -146,6 +148,11 @@ class ServerMetrics:
                                          registry=self.registry)
         self.success = Counter(PREFIX + "request_success", "Finished requests by finish reason.",
                                labels + ["finished_reason"], registry=self.registry)
+        self.http = Counter(PREFIX + "http_requests", "HTTP responses by route and status code.",
+                            labels + ["handler", "status"], registry=self.registry)
+        self.engine_up = Gauge(PREFIX + "engine_up", "1 when the engine is loaded, warmed up and its loop "
+                               "runs (as /health's 200), else 0.", labels, registry=self.registry)
+        self.engine_up.labels(model_name).set_function(lambda: float(healthy()))
         self.registry.register(_EngineGauges(model_name, stats))
         self.registry.register(_ResponseCacheMetrics(model_name, response_cache))
         self.registry.register(StepMetrics(model_name, stats, bandwidth))
@@ -161,13 +168,22 @@ class ServerMetrics:
                                    registry=self.registry)
         self.slo = Counter(PREFIX + "service_class_slo_requests",
                            "Requests of a class with a latency target that ended, by whether they met it "
-                           "(a failed request misses).", labels + ["target", "result"], registry=self.registry)
+                           "(a failed request misses; a refused one is shed).", labels + ["target", "result"],
+                           registry=self.registry)
         self.shed = Counter(PREFIX + "service_class_requests_shed", "Requests refused with 429, by class and reason.",
                             labels + ["reason"], registry=self.registry)
         self.registry.register(_QueueGauges(self.model_name, queue))
 
-    def record_shed(self, service_class: str, reason: str) -> None:
-        self.shed.labels(self.model_name, service_class, reason).inc()
+    def record_http(self, handler: str, status: str) -> None:
+        self.http.labels(self.model_name, handler, status).inc()
+
+    def record_shed(self, cls: ServiceClass, reason: str) -> None:
+        """A refused request also misses each of its class's targets, as result="shed": the caller got
+        no answer within them, and an SLO's error budget must see overload that shedding hides."""
+        self.shed.labels(self.model_name, cls.name, reason).inc()
+        for target, bound in (("ttft", cls.ttft_target), ("e2e", cls.e2e_target)):
+            if bound is not None:
+                self.slo.labels(self.model_name, cls.name, target, "shed").inc()
 
     def record(self, record: RequestRecord) -> None:
         name = self.model_name
