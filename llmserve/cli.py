@@ -12,6 +12,7 @@ from llmserve.bench.cli import add_bench_parser
 from llmserve.chat_cli import CHAT_FALLBACK, GREEDY, add_sampling_args, run_chat, sampling_params, stream
 from llmserve.config import BACKENDS, CPU_DEFAULTS, CUDA_DEFAULTS, EngineConfig, device_defaults, parse_size
 from llmserve.eval.cli import add_eval_parser
+from llmserve.observability.cli import add_alerts_parser
 from llmserve.server.api_key import API_KEY_ENV, resolve_api_key
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
 from llmserve.terminal import write_flushed
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _quantize_parser(sub)
     add_eval_parser(sub)
     add_bench_parser(sub)
+    add_alerts_parser(sub)
     return parser
 
 
