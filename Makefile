@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run chat test lint bench clean redis-server
+.PHONY: setup run chat test lint bench clean redis-server prometheus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,13 @@ redis-server:
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) ; } \
 		|| echo "note: redis-server is not installed; the Redis tests will skip (apt-get install redis-server)"
 
-test: setup lint redis-server
+# The observability tests run a real Prometheus and promtool (Debian's package); without them they skip.
+prometheus:
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) ; } \
+		|| echo "note: prometheus is not installed; the Prometheus tests will skip (apt-get install prometheus)"
+
+test: setup lint redis-server prometheus
 	$(PY) -m pytest -q
 
 bench: setup

@@ -163,6 +163,9 @@ class ServerMetrics:
         self.class_ttft = Histogram(PREFIX + "service_class_time_to_first_token_seconds",
                                     "Time to first token, by service class.", labels, buckets=TTFT_BUCKETS,
                                     registry=self.registry)
+        self.class_itl = Histogram(PREFIX + "service_class_inter_token_latency_seconds",
+                                   "Time between consecutive output tokens, by service class.", labels,
+                                   buckets=ITL_BUCKETS, registry=self.registry)
         self.class_e2e = Histogram(PREFIX + "service_class_e2e_request_latency_seconds",
                                    "End-to-end request latency, by service class.", labels, buckets=REQUEST_BUCKETS,
                                    registry=self.registry)
@@ -207,6 +210,9 @@ class ServerMetrics:
         if record.ttft is not None:
             self.class_ttft.labels(*labels).observe(record.ttft)
         self.class_e2e.labels(*labels).observe(record.e2e_latency)
+        itl = self.class_itl.labels(*labels)
+        for gap in record.inter_token_latencies:
+            itl.observe(gap)
         if record.finish_reason == "abort":
             return  # the client left: no verdict on the target
         failed = record.finish_reason == "error"

@@ -82,3 +82,18 @@ def test_cli_writes_rules_for_a_classes_file(tmp_path, capsys):
     assert "fast: TTFT 50ms; slow: no target" in out.read_text().splitlines()[0]
     assert main(["alerts", "--objective", "nope=99%"]) == 2
     assert "no class 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+def test_the_example_prometheus_config_is_valid():
+    config = SHIPPED.parent / "prometheus.yml"
+    result = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grafana_provisioning_files_point_at_each_other():
+    provisioning = SHIPPED.parents[1] / "grafana" / "provisioning"
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert source["type"] == "prometheus" and source["isDefault"]
+    provider = yaml.safe_load((provisioning / "dashboards" / "llmserve.yml").read_text())["providers"][0]
+    assert provider["type"] == "file" and provider["options"]["path"].startswith("/var/lib/grafana/dashboards")
