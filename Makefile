@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run chat test lint bench clean redis-server prometheus
+.PHONY: setup run chat test lint bench clean redis-server prometheus chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,13 @@ prometheus:
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) ; } \
 		|| echo "note: prometheus is not installed; the Prometheus tests will skip (apt-get install prometheus)"
 
-test: setup lint redis-server prometheus
+# The /dashboard test loads the page in a real headless Chromium (Debian's package); without it, it skips.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } \
+		|| echo "note: chromium is not installed; the /dashboard browser test will skip (apt-get install chromium)"
+
+test: setup lint redis-server prometheus chromium
 	$(PY) -m pytest -q
 
 bench: setup

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from llmserve.server.cached_responses import ResponseCacheFront
 from llmserve.server.chat_tools import ChatSetup
+from llmserve.server.dashboard import dashboard_router
 from llmserve.server.errors import install_handlers
 from llmserve.server.http_metrics import HTTPMetrics
 from llmserve.server.limits import BodyLimits
@@ -128,6 +129,7 @@ def build_app(config: ServerConfig, engine_factory: EngineFactory | None = None,
     install_handlers(app)
     app.add_middleware(BodyLimits, max_bytes=config.max_request_body, read_timeout=config.request_read_timeout)
     app.include_router(router)
+    app.include_router(dashboard_router)
     document_request_bodies(app)
     # Outermost, so it counts the refusals BodyLimits makes before any route runs.
     app.add_middleware(HTTPMetrics, record=state.metrics.record_http, paths=lambda: app.openapi()["paths"])
