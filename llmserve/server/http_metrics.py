@@ -35,7 +35,7 @@ class HTTPMetrics:
 
         try:
             await self.app(scope, receive, watch)
-        except BaseException:
+        except Exception:  # not a cancellation: that answers nothing
             # The server answers 500 to what escapes the app before it started a response.
             self.record(self._handler(scope), str(status[0]) if status else "500")
             raise
