@@ -1,4 +1,4 @@
-"""`llmserve` command line: serve, generate, chat, quantize, eval, bench and profile."""
+"""`llmserve` command line: serve, generate, chat, quantize, eval, bench, alerts and profile."""
 
 from __future__ import annotations
 

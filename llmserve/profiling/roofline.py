@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmserve.devices import measure_copy_bandwidth
 from llmserve.profiling.clock import DeviceClock
 from llmserve.profiling.cost import Cost
 
@@ -28,22 +29,14 @@ class Roofline:
 
 
 def measure_roofline(device: torch.device, dtype: torch.dtype, clock: DeviceClock,
-                     copy_bytes: int | None = None, matmul_size: int | None = None) -> Roofline:
-    """Best of a few runs of each; sizes default to ones past the caches (and, on CUDA, big enough
-    to fill the GPU) that still run in about a second."""
+                     matmul_size: int | None = None) -> Roofline:
+    """Best of a few runs of each. The copy is the one the server's bandwidth gauge measures
+    (devices.measure_copy_bandwidth: a read and a write per byte, past the caches); the matmul is
+    square, big enough to fill a GPU, and about a second on a CPU."""
     cuda = device.type == "cuda"
-    copy_bytes = copy_bytes or (1 << 30 if cuda else 256 << 20)
     matmul_size = matmul_size or (8192 if cuda else (1536 if dtype == torch.float32 else 512))
-    return Roofline(copy_bandwidth(device, clock, copy_bytes), matmul_throughput(device, dtype, clock, matmul_size),
+    return Roofline(measure_copy_bandwidth(device), matmul_throughput(device, dtype, clock, matmul_size),
                     str(dtype).removeprefix("torch."))
-
-
-def copy_bandwidth(device: torch.device, clock: DeviceClock, nbytes: int, repeats: int = 5) -> float:
-    """Bytes moved per second (each byte is read once and written once) by dst.copy_(src)."""
-    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    best = _best_seconds(lambda: dst.copy_(src), clock, repeats)
-    return 2.0 * src.numel() * 4 / best
 
 
 def matmul_throughput(device: torch.device, dtype: torch.dtype, clock: DeviceClock, n: int,
