@@ -1,4 +1,4 @@
-"""`llmserve` command line: serve, generate, chat, quantize, eval and bench."""
+"""`llmserve` command line: serve, generate, chat, quantize, eval, bench, alerts and profile."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from llmserve.chat_cli import CHAT_FALLBACK, GREEDY, add_sampling_args, run_chat
 from llmserve.config import BACKENDS, CPU_DEFAULTS, CUDA_DEFAULTS, EngineConfig, device_defaults, parse_size
 from llmserve.eval.cli import add_eval_parser
 from llmserve.observability.cli import add_alerts_parser
+from llmserve.profiling.cli import add_profile_parser
 from llmserve.server.api_key import API_KEY_ENV, resolve_api_key
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
 from llmserve.terminal import write_flushed
@@ -301,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_bench_parser(sub)
     add_alerts_parser(sub)
+    add_profile_parser(sub)
     return parser
 
 

@@ -10,7 +10,7 @@ from llmserve.backends.base import AttentionBackend, KVCacheSpec, LayerKVCache
 from llmserve.engine.scheduler_output import SchedulerOutput
 from llmserve.runner.prompt_rows import KeptRows, prompt_logprobs, prompt_targets
 from llmserve.runner.sampler import Sampler
-from llmserve.runner.step_batch import build_step_batch
+from llmserve.runner.step_batch import StepBatch, build_step_batch
 from llmserve.runner.step_result import SampledToken, StepResult
 
 __all__ = ["ModelRunner", "SampledToken", "StepResult"]
@@ -34,8 +34,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, output: SchedulerOutput) -> StepResult:
-        kept = KeptRows.of(output)
-        batch = build_step_batch(output, self.block_size, kept=kept)
+        kept, batch = self.prepare_step(output)
         hidden = self.backend.forward(self.model, batch, self.kv_caches)  # the kept rows
         result = StepResult()
         rows = [i for i, seq in enumerate(output.sequences) if seq.sampling is not None]
@@ -50,6 +49,11 @@ class ModelRunner:
             if seq.pool:
                 result.pooled[i] = hidden[kept.rows(i, seq.num_tokens)].float().sum(dim=0)
         return result
+
+    def prepare_step(self, output: SchedulerOutput) -> tuple[KeptRows, StepBatch]:
+        """The rows whose hidden states the step keeps, and its device-neutral inputs (built on the host)."""
+        kept = KeptRows.of(output)
+        return kept, build_step_batch(output, self.block_size, kept=kept)
 
     def _sample(self, output: SchedulerOutput, kept: KeptRows, hidden: torch.Tensor,
                 rows: list[int]) -> list[SampledToken]:
