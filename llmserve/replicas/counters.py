@@ -22,10 +22,10 @@ class RoutingCounters:
     affinity_hits: int = 0  # sent to the replica that served their prefix before
     affinity_misses: int = 0  # had a known prefix, but went elsewhere (that replica was busy or gone)
     live_replicas: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def served(self, replica: str, preferred: str | None) -> None:
-        with self._lock:
+        with self.lock:
             self.requests[replica] += 1
             if preferred is None:
                 return
@@ -35,7 +35,7 @@ class RoutingCounters:
                 self.affinity_misses += 1
 
     def snapshot(self) -> tuple[dict[str, int], int, int, int]:
-        with self._lock:
+        with self.lock:
             return dict(self.requests), self.affinity_hits, self.affinity_misses, self.live_replicas
 
 

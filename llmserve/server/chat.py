@@ -52,15 +52,17 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
         return cached
     prepared = await serving.queue_prompts(request_id, [prompt], params, ctx.rank)
     log.prompt_tokens = len(prepared[0].prepared.prompt_token_ids)
+    placed = await serving.place(prepared)
     shape = _Shape(serving, request_id, created)
     if body.stream:
         events = _stream(serving, shape, prepared, ctx.received, body, log, parser)
-        return serving.reply_stream(cache, events, log)
+        return serving.reply_stream(cache, events, log, placed)
     (final,) = await serving.final_outputs(prepared, ctx, log)
     choices = [_choice(shape, out, body, parser) for out in final.outputs]
     log.count(final)
     log.emit()
-    return await serving.reply(cache, {**shape.header("chat.completion"), "choices": choices, "usage": log.usage()})
+    return await serving.reply(cache, {**shape.header("chat.completion"), "choices": choices, "usage": log.usage()},
+                               placed)
 
 
 def _choice(shape: _Shape, out: CompletionOutput, body: ChatCompletionRequest,

@@ -1,0 +1,52 @@
+"""ReplicaPlan: how many engine replicas, how big, on which Ray cluster (from `llmserve serve` flags).
+No Ray here: the CLI checks its flags before anything starts."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+DEFAULT_TARGET_ONGOING = 16  # autoscaling: ongoing requests per replica Ray Serve aims for
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    min_replicas: int
+    max_replicas: int  # equal to min_replicas: a fixed count, no autoscaling
+    threads_per_replica: int | None = None  # None: the local cluster's cores over max_replicas
+    ray_address: str | None = None  # None: start a local Ray cluster; "auto" or "ray://host:port" joins one
+    num_cpus: int | None = None  # CPUs of a local cluster (None: every core)
+    target_ongoing_requests: float = DEFAULT_TARGET_ONGOING
+    app_name: str = "llmserve"
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas != self.min_replicas
+
+    @property
+    def threads(self) -> int:
+        """Engine threads per replica, and the CPUs each asks Ray for."""
+        if self.threads_per_replica is not None:
+            return self.threads_per_replica
+        cores = self.num_cpus or os.cpu_count() or 1
+        return max(1, cores // self.max_replicas)
+
+    def describe(self) -> str:
+        count = f"{self.min_replicas}-{self.max_replicas} (autoscaling)" if self.autoscaling else str(self.min_replicas)
+        return f"{count} replica(s) x {self.threads} thread(s)"
+
+
+def parse_replicas(text: str) -> tuple[int, int]:
+    """`N` or `auto:MIN-MAX` -> (min, max); raises ValueError with the flag's name."""
+    if match := re.fullmatch(r"\s*(\d+)\s*", text):
+        count = int(match.group(1))
+        if count < 1:
+            raise ValueError("--replicas must be at least 1")
+        return count, count
+    if match := re.fullmatch(r"\s*auto:(\d+)-(\d+)\s*", text):
+        low, high = int(match.group(1)), int(match.group(2))
+        if low < 1 or high < low:
+            raise ValueError(f"--replicas auto:MIN-MAX needs 1 <= MIN <= MAX, got {text!r}")
+        return low, high
+    raise ValueError(f"--replicas takes a count (2) or a range to autoscale in (auto:1-4), not {text!r}")
