@@ -19,7 +19,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.serve.exceptions import DeploymentUnavailableError, RequestCancelledError
 
 from llmserve.engine.outputs import EngineStats, RequestOutput
-from llmserve.replicas.facts import EngineFacts
+from llmserve.replicas.facts import EngineFacts, ReplicaSnapshot
 from llmserve.replicas.routing_key import RouteNote, prefix_hashes
 from llmserve.server.errors import APIError
 from llmserve.server.serving import shutting_down
@@ -212,7 +212,7 @@ class ReplicaEngine:
         except Exception:  # the poller must outlive any hiccup of the cluster's control plane
             logger.warning("could not poll the replicas", exc_info=True)
             return {}
-        return dict(a for a in answers if isinstance(a, tuple))
+        return {a.name: a.stats for a in answers if isinstance(a, ReplicaSnapshot)}
 
 
 async def _translated(step: Any, call: _Call) -> Any:

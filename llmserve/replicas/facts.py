@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from llmserve.engine.outputs import EngineStats
 from llmserve.engine.preparer import RequestPreparer
 
 if TYPE_CHECKING:
@@ -48,3 +49,12 @@ class EngineFacts:
             grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids)
         return RequestPreparer(self.tokenizer, self.service_classes, self.max_model_len, self.vocab_size,
                                self.pool_tokens, grammars)
+
+
+@dataclass(frozen=True)
+class ReplicaSnapshot:
+    """One replica's answer to the front's poll."""
+
+    name: str  # Ray Serve's replica id, as the X-Replica header and the metrics' `replica` label say it
+    pid: int  # its process, for an operator (or a test) to find it
+    stats: EngineStats

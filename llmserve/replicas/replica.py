@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 from llmserve.engine.async_engine import AsyncEngine
-from llmserve.engine.outputs import EngineStats, RequestOutput
+from llmserve.engine.outputs import RequestOutput
 from llmserve.engine.preparer import PreparedRequest
-from llmserve.replicas.facts import EngineFacts
+from llmserve.replicas.facts import EngineFacts, ReplicaSnapshot
 from llmserve.replicas.routing_key import RouteNote
 
 logger = logging.getLogger("llmserve.replicas")
@@ -48,9 +49,9 @@ class EngineReplica:
     def facts(self) -> EngineFacts:
         return self.facts_
 
-    def snapshot(self) -> tuple[str, EngineStats]:
-        """This replica's name and engine gauges, for the front's /metrics and /health."""
-        return self.name, self.engine.stats()
+    def snapshot(self) -> ReplicaSnapshot:
+        """For the front's /metrics and /health (broadcast to every replica each poll)."""
+        return ReplicaSnapshot(self.name, os.getpid(), self.engine.stats())
 
     async def generate(self, prepared: PreparedRequest, route: RouteNote) -> AsyncIterator[str | RequestOutput]:
         """Yields this replica's name, then the request's outputs. Closed early (the front cancels
