@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -171,6 +172,9 @@ class ReplicaEngine:
         wire = replace(prepared, grammar=None)
         call = _Call(self._streaming.generate.remote(wire, route=note), note)
         self._calls[prepared.request_id] = call
+        # Routed by place() but never streamed (the client left before its stream began): the call is
+        # cancelled when its request is dropped, as the server's queue tickets are.
+        weakref.finalize(prepared, self._forget, prepared.request_id, call)
         try:
             first = await _translated(call.stream.__anext__(), call)
         except BaseException:
@@ -180,6 +184,11 @@ class ReplicaEngine:
         call.replica = first
         self.counters.served(first, note.preferred)
         return first
+
+    def _forget(self, request_id: str, call: _Call) -> None:
+        if self._calls.get(request_id) is call:
+            del self._calls[request_id]
+            call.stream.cancel()
 
     async def _outputs(self, call: _Call) -> AsyncIterator[RequestOutput]:
         while True:

@@ -54,19 +54,7 @@ class RayCluster:
         """Blocks until every initial replica has loaded and warmed up its engine."""
         plan = self.plan
         args, actor = replica_resources(engine_args, plan.threads)
-        options: dict[str, Any] = dict(
-            name=DEPLOYMENT, ray_actor_options=actor, max_ongoing_requests=MAX_ONGOING_REQUESTS,
-            health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
-            graceful_shutdown_timeout_s=shutdown_timeout,
-            request_router_config=RequestRouterConfig(request_router_class=PrefixAffinityRouter,
-                                                      request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
-            logging_config={"log_level": "WARNING", "enable_access_log": False})
-        if plan.autoscaling:
-            options["autoscaling_config"] = AutoscalingConfig(
-                min_replicas=plan.min_replicas, max_replicas=plan.max_replicas, initial_replicas=plan.min_replicas,
-                target_ongoing_requests=plan.target_ongoing_requests)
-        else:
-            options["num_replicas"] = plan.min_replicas
+        options = deployment_options(plan, actor, shutdown_timeout)
         logger.info("deploying %s", plan.describe())
         app = serve.deployment(EngineReplica).options(**options).bind(args, warmup, chat_template)
         return serve.run(app, name=plan.app_name, route_prefix=None)
@@ -82,6 +70,24 @@ class RayCluster:
             ray.shutdown()
         else:
             serve.delete(self.plan.app_name)
+
+
+def deployment_options(plan: ReplicaPlan, actor: dict[str, Any], shutdown_timeout: float) -> dict[str, Any]:
+    """The engine deployment's Ray Serve options: a fixed count, or autoscaling on ongoing requests."""
+    options: dict[str, Any] = dict(
+        name=DEPLOYMENT, ray_actor_options=actor, max_ongoing_requests=MAX_ONGOING_REQUESTS,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
+        graceful_shutdown_timeout_s=shutdown_timeout,
+        request_router_config=RequestRouterConfig(request_router_class=PrefixAffinityRouter,
+                                                  request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
+        logging_config={"log_level": "WARNING", "enable_access_log": False})
+    if plan.autoscaling:
+        options["autoscaling_config"] = AutoscalingConfig(
+            min_replicas=plan.min_replicas, max_replicas=plan.max_replicas, initial_replicas=plan.min_replicas,
+            target_ongoing_requests=plan.target_ongoing_requests)
+    else:
+        options["num_replicas"] = plan.min_replicas
+    return options
 
 
 def replica_resources(engine_args: dict[str, Any], threads: int) -> tuple[dict[str, Any], dict[str, Any]]:

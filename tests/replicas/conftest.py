@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from llmserve.replicas.client import ReplicaEngine
     from llmserve.replicas.counters import RoutingCounters
 
-TEST_BOUND_S = 240
+TEST_BOUND_S = 480  # the drain test starts a cluster of its own
 CLUSTER_BOUND_S = 480  # Ray's start and two replicas loading, on a machine shared with other test runs
 APP_NAME = "llmserve-test"
 MODEL_NAME = "tiny-chat"
