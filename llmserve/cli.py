@@ -204,8 +204,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _replica_plan(args: argparse.Namespace):
     """The ReplicaPlan of --replicas, or None to serve in-process; flag errors are one-line ValueErrors."""
     if args.replicas is None:
-        if args.threads_per_replica is not None or args.ray_address is not None:
-            raise ValueError("--threads-per-replica and --ray-address need --replicas")
+        if args.threads_per_replica is not None or args.ray_address is not None or args.replica_router != "prefix":
+            raise ValueError("--threads-per-replica, --ray-address and --replica-router need --replicas")
         return None
     from llmserve.replicas.plan import ReplicaPlan, parse_replicas
 
@@ -214,7 +214,7 @@ def _replica_plan(args: argparse.Namespace):
     if args.threads_per_replica is not None and args.threads_per_replica < 1:
         raise ValueError("--threads-per-replica must be at least 1")
     low, high = parse_replicas(args.replicas)
-    return ReplicaPlan(low, high, args.threads_per_replica, args.ray_address)
+    return ReplicaPlan(low, high, args.threads_per_replica, args.ray_address, router=args.replica_router)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -300,6 +300,9 @@ def _serve_parser(sub) -> None:
                           help="engine threads (and Ray CPUs) per replica (default: the cores over the replicas)")
     replicas.add_argument("--ray-address", default=None, metavar="auto|ray://HOST:PORT",
                           help="join this Ray cluster instead of starting one on this machine")
+    replicas.add_argument("--replica-router", default="prefix", choices=("prefix", "pow2"),
+                          help="prefix: a prompt goes to the replica that served its prefix unless that one is "
+                               "busy, else the less loaded of two (default); pow2: Ray Serve's default router")
     _engine_args(serve)
     serve.set_defaults(func=cmd_serve)
 

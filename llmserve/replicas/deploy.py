@@ -78,8 +78,7 @@ def deployment_options(plan: ReplicaPlan, actor: dict[str, Any], shutdown_timeou
         name=DEPLOYMENT, ray_actor_options=actor, max_ongoing_requests=MAX_ONGOING_REQUESTS,
         health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
         graceful_shutdown_timeout_s=shutdown_timeout,
-        request_router_config=RequestRouterConfig(request_router_class=PrefixAffinityRouter,
-                                                  request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
+        request_router_config=router_config(plan.router),
         logging_config={"log_level": "WARNING", "enable_access_log": False})
     if plan.autoscaling:
         options["autoscaling_config"] = AutoscalingConfig(
@@ -88,6 +87,13 @@ def deployment_options(plan: ReplicaPlan, actor: dict[str, Any], shutdown_timeou
     else:
         options["num_replicas"] = plan.min_replicas
     return options
+
+
+def router_config(router: str) -> RequestRouterConfig:
+    if router == "pow2":  # Ray Serve's own power of two choices, blind to prefixes
+        return RequestRouterConfig(request_routing_stats_period_s=ROUTING_STATS_PERIOD_S)
+    return RequestRouterConfig(request_router_class=PrefixAffinityRouter,
+                               request_routing_stats_period_s=ROUTING_STATS_PERIOD_S)
 
 
 def replica_resources(engine_args: dict[str, Any], threads: int) -> tuple[dict[str, Any], dict[str, Any]]:

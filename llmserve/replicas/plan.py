@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_TARGET_ONGOING = 16  # autoscaling: ongoing requests per replica Ray Serve aims for
+# prefix: ours (prefix affinity, else the less loaded of two); pow2: Ray Serve's default, for comparison
+ROUTERS = ("prefix", "pow2")
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,12 @@ class ReplicaPlan:
     ray_address: str | None = None  # None: start a local Ray cluster; "auto" or "ray://host:port" joins one
     num_cpus: int | None = None  # CPUs of a local cluster (None: every core)
     target_ongoing_requests: float = DEFAULT_TARGET_ONGOING
+    router: str = "prefix"  # one of ROUTERS
     app_name: str = "llmserve"
+
+    def __post_init__(self) -> None:
+        if self.router not in ROUTERS:
+            raise ValueError(f"--replica-router must be one of {', '.join(ROUTERS)}, not {self.router!r}")
 
     @property
     def autoscaling(self) -> bool:

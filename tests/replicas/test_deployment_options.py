@@ -34,3 +34,8 @@ def test_each_replica_asks_for_its_threads_and_a_gpu_on_cuda():
     args, actor = replica_resources({"model": "m", "device": "cuda:0"}, 4)
     assert args["device"] == "cuda"  # Ray shows the replica its one GPU as cuda:0
     assert actor == {"num_cpus": 4, "num_gpus": 1}
+
+
+def test_ray_serves_default_router_for_comparison():
+    options = deployment_options(ReplicaPlan(2, 2, router="pow2"), {"num_cpus": 1}, 30.0)
+    assert options["request_router_config"].request_router_class.endswith("PowerOfTwoChoicesRequestRouter")
