@@ -112,13 +112,15 @@ class ReplicaEngine:
 
     @property
     def is_alive(self) -> bool:
-        """Alive while any replica answers (and until the first poll, so start-up reads healthy)."""
-        return not self._poll.polled or bool(self._poll.stats)
+        """Alive while any replica answers (and until the first poll: the replicas were just deployed)."""
+        poll = self._poll
+        return not poll.polled or bool(poll.stats)
 
     def health_report(self) -> dict[str, Any]:
-        live = len(self._poll.stats)
-        return {"replicas": live} if live or not self._poll.polled else {"replicas": 0,
-                                                                          "reason": "no engine replica is answering"}
+        poll = self._poll  # replaced whole by the poller thread: read it once
+        if poll.stats or not poll.polled:
+            return {"replicas": len(poll.stats)}
+        return {"replicas": 0, "reason": "no engine replica is answering"}
 
     def stats(self) -> dict[str, EngineStats]:
         """Each live replica's gauges, as of the last poll: the metrics label them by replica."""
