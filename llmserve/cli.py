@@ -298,8 +298,10 @@ def _serve_parser(sub) -> None:
                           help="N engine replicas, or between MIN and MAX scaled on ongoing requests per replica")
     replicas.add_argument("--threads-per-replica", type=int, default=None, metavar="T",
                           help="engine threads (and Ray CPUs) per replica (default: the cores over the replicas)")
-    replicas.add_argument("--ray-address", default=None, metavar="auto|ray://HOST:PORT",
-                          help="join this Ray cluster instead of starting one on this machine")
+    replicas.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                          help="join this Ray cluster instead of starting one on this machine: auto (the cluster "
+                               "this node belongs to) or its head's GCS address; replicas then spread over its "
+                               "nodes. Not ray:// (Ray Client cannot stream through deployment handles)")
     replicas.add_argument("--replica-router", default="prefix", choices=("prefix", "pow2"),
                           help="prefix: a prompt goes to the replica that served its prefix unless that one is "
                                "busy, else the less loaded of two (default); pow2: Ray Serve's default router")

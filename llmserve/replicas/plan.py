@@ -17,13 +17,18 @@ class ReplicaPlan:
     min_replicas: int
     max_replicas: int  # equal to min_replicas: a fixed count, no autoscaling
     threads_per_replica: int | None = None  # None: the local cluster's cores over max_replicas
-    ray_address: str | None = None  # None: start a local Ray cluster; "auto" or "ray://host:port" joins one
+    ray_address: str | None = None  # None: start a local Ray cluster; "auto" or the head's GCS "host:port" joins one
     num_cpus: int | None = None  # CPUs of a local cluster (None: every core)
     target_ongoing_requests: float = DEFAULT_TARGET_ONGOING
     router: str = "prefix"  # one of ROUTERS
     app_name: str = "llmserve"
 
     def __post_init__(self) -> None:
+        if self.ray_address is not None and self.ray_address.startswith("ray://"):
+            # Ray Serve refuses streaming DeploymentHandles under Ray Client, and every engine call streams.
+            raise ValueError("--ray-address ray://... (Ray Client) cannot stream through Ray Serve's deployment "
+                             "handles: run llmserve serve on a node of the cluster with --ray-address auto, or give "
+                             "the head's GCS address (HOST:6379)")
         if self.router not in ROUTERS:
             raise ValueError(f"--replica-router must be one of {', '.join(ROUTERS)}, not {self.router!r}")
 

@@ -37,7 +37,8 @@ def test_bad_replica_counts(text):
 
 @pytest.mark.parametrize("argv", [["--replicas", "auto:3-1"], ["--threads-per-replica", "1"],
                                   ["--ray-address", "auto"], ["--replicas", "2", "--threads", "2"],
-                                  ["--replicas", "2", "--threads-per-replica", "0"], ["--replica-router", "pow2"]])
+                                  ["--replicas", "2", "--threads-per-replica", "0"], ["--replica-router", "pow2"],
+                                  ["--replicas", "2", "--ray-address", "ray://head:10001"]])
 def test_bad_flags_are_one_line_errors_before_anything_starts(argv, capsys):
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
