@@ -43,7 +43,10 @@ class RayCluster:
     @classmethod
     def connect(cls, plan: ReplicaPlan) -> RayCluster:
         if plan.ray_address is None:
-            ray.init(num_cpus=plan.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+            # Ray starts its workers at niceness 15, meant for batch jobs: an engine replica is the
+            # server's hot path and must not lose its cores to whatever else runs on the machine.
+            ray.init(num_cpus=plan.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                     _system_config={"worker_niceness": 0})
         else:
             ray.init(address=plan.ray_address, logging_level=logging.WARNING)
         serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING", "enable_access_log": False})

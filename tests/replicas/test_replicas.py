@@ -161,6 +161,18 @@ def test_shedding_429_passes_through_unchanged(replicated: Replicated):
         assert complete(front.url, "Anyone there?").status_code == 200
 
 
+def test_the_response_cache_answers_at_the_front(replicated: Replicated):
+    config = ServerConfig(served_model_name=MODEL_NAME, response_cache="16MiB", warmup=False)
+    with live_server(None, config, factory=lambda: replicated.engine) as front:
+        first = complete(front.url, "Cache this answer, please", max_tokens=10)
+        routed = sum(replicated.counters.snapshot()[0].values())
+        again = complete(front.url, "Cache this answer, please", max_tokens=10)
+    assert first.headers["x-cache"] == "miss" and "x-replica" in first.headers
+    assert again.headers["x-cache"] == "hit" and "x-replica" not in again.headers  # no replica was asked
+    assert again.json()["choices"] == first.json()["choices"]
+    assert sum(replicated.counters.snapshot()[0].values()) == routed
+
+
 def test_a_killed_replica_fails_only_its_own_requests_and_is_replaced(replicated: Replicated):
     url = replicated.url
     pids = {s.name: s.pid for s in replicated.engine.handle.broadcast("snapshot").results(timeout_s=60)}
