@@ -297,7 +297,9 @@ def _serve_parser(sub) -> None:
     replicas.add_argument("--replicas", default=None, metavar="N|auto:MIN-MAX",
                           help="N engine replicas, or between MIN and MAX scaled on ongoing requests per replica")
     replicas.add_argument("--threads-per-replica", type=int, default=None, metavar="T",
-                          help="engine threads (and Ray CPUs) per replica (default: the cores over the replicas)")
+                          help="fixed engine threads (and Ray CPUs) per replica (default: each engine adapts its "
+                               "threads to the cores the others leave, as the single server does, and asks Ray "
+                               "for the cores over the replicas)")
     replicas.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
                           help="join this Ray cluster instead of starting one on this machine: auto (the cluster "
                                "this node belongs to) or its head's GCS address; replicas then spread over its "

@@ -56,7 +56,7 @@ class RayCluster:
                shutdown_timeout: float) -> DeploymentHandle:
         """Blocks until every initial replica has loaded and warmed up its engine."""
         plan = self.plan
-        args, actor = replica_resources(engine_args, plan.threads)
+        args, actor = replica_resources(engine_args, plan)
         options = deployment_options(plan, actor, shutdown_timeout)
         logger.info("deploying %s", plan.describe())
         app = serve.deployment(EngineReplica).options(**options).bind(args, warmup, chat_template)
@@ -99,11 +99,15 @@ def router_config(router: str) -> RequestRouterConfig:
                                request_routing_stats_period_s=ROUTING_STATS_PERIOD_S)
 
 
-def replica_resources(engine_args: dict[str, Any], threads: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The engine's keywords in a replica, and what the replica asks Ray for: its threads' CPUs, and a
-    GPU when the engine runs on CUDA (Ray then shows it exactly that one, as cuda:0)."""
-    args = {**engine_args, "num_threads": threads}
+def replica_resources(engine_args: dict[str, Any], plan: ReplicaPlan) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The engine's keywords in a replica, and what the replica asks Ray for: CPUs, and a GPU when the
+    engine runs on CUDA (Ray then shows it exactly that one, as cuda:0).
+
+    Without --threads-per-replica each engine adapts its threads to the cores the others leave, as
+    the single server does: replicas on one machine then share its cores by what each has to do, and
+    none spins on a core that another holds (fixed threads on a busy machine lose most of their speed)."""
+    args = {**engine_args, "num_threads": plan.threads_per_replica}
     gpu = str(engine_args.get("device", "cpu")).startswith("cuda")
     if gpu:
         args["device"] = "cuda"
-    return args, {"num_cpus": threads, "num_gpus": 1 if gpu else 0}
+    return args, {"num_cpus": plan.cpus, "num_gpus": 1 if gpu else 0}

@@ -16,7 +16,7 @@ ROUTERS = ("prefix", "pow2")
 class ReplicaPlan:
     min_replicas: int
     max_replicas: int  # equal to min_replicas: a fixed count, no autoscaling
-    threads_per_replica: int | None = None  # None: the local cluster's cores over max_replicas
+    threads_per_replica: int | None = None  # fixed engine threads; None: adaptive, as the single server's
     ray_address: str | None = None  # None: start a local Ray cluster; "auto" or the head's GCS "host:port" joins one
     num_cpus: int | None = None  # CPUs of a local cluster (None: every core)
     target_ongoing_requests: float = DEFAULT_TARGET_ONGOING
@@ -37,8 +37,9 @@ class ReplicaPlan:
         return self.max_replicas != self.min_replicas
 
     @property
-    def threads(self) -> int:
-        """Engine threads per replica, and the CPUs each asks Ray for."""
+    def cpus(self) -> int:
+        """The CPUs each replica asks Ray for: its fixed threads, else this machine's cores over the
+        most replicas there may be."""
         if self.threads_per_replica is not None:
             return self.threads_per_replica
         cores = self.num_cpus or os.cpu_count() or 1
@@ -46,7 +47,8 @@ class ReplicaPlan:
 
     def describe(self) -> str:
         count = f"{self.min_replicas}-{self.max_replicas} (autoscaling)" if self.autoscaling else str(self.min_replicas)
-        return f"{count} replica(s) x {self.threads} thread(s)"
+        threads = "adaptive threads" if self.threads_per_replica is None else f"{self.threads_per_replica} thread(s)"
+        return f"{count} replica(s) x {threads}, {self.cpus} CPU(s) each"
 
 
 def parse_replicas(text: str) -> tuple[int, int]:

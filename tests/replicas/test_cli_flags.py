@@ -45,9 +45,9 @@ def test_bad_flags_are_one_line_errors_before_anything_starts(argv, capsys):
     assert err.startswith("llmserve: error:") and err.count("\n") == 1
 
 
-def test_threads_default_to_the_cores_over_the_replicas():
-    assert ReplicaPlan(2, 2, num_cpus=2).threads == 1
-    assert ReplicaPlan(1, 1, num_cpus=2).threads == 2
-    assert ReplicaPlan(1, 4, num_cpus=2).threads == 1  # autoscaling: sized for the most replicas
-    assert ReplicaPlan(2, 2, threads_per_replica=3, num_cpus=2).threads == 3
-    assert ReplicaPlan(1, 3).describe().startswith("1-3 (autoscaling)")
+def test_each_replica_reserves_the_cores_over_the_replicas():
+    assert ReplicaPlan(2, 2, num_cpus=2).cpus == 1
+    assert ReplicaPlan(1, 1, num_cpus=2).cpus == 2
+    assert ReplicaPlan(1, 4, num_cpus=2).cpus == 1  # autoscaling: sized for the most replicas
+    assert ReplicaPlan(2, 2, threads_per_replica=3, num_cpus=2).cpus == 3
+    assert ReplicaPlan(1, 3, num_cpus=2).describe() == "1-3 (autoscaling) replica(s) x adaptive threads, 1 CPU(s) each"

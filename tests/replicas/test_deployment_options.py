@@ -27,12 +27,14 @@ def test_autoscaling_on_ongoing_requests():
     assert scaling.target_ongoing_requests == 8
 
 
-def test_each_replica_asks_for_its_threads_and_a_gpu_on_cuda():
-    args, actor = replica_resources({"model": "m", "device": "cpu", "num_threads": None}, 2)
+def test_each_replica_asks_for_its_cpus_and_a_gpu_on_cuda():
+    args, actor = replica_resources({"model": "m", "device": "cpu", "num_threads": None},
+                                    ReplicaPlan(2, 2, threads_per_replica=2))
     assert args == {"model": "m", "device": "cpu", "num_threads": 2}
     assert actor == {"num_cpus": 2, "num_gpus": 0}
-    args, actor = replica_resources({"model": "m", "device": "cuda:0"}, 4)
+    args, actor = replica_resources({"model": "m", "device": "cuda:0"}, ReplicaPlan(2, 2, num_cpus=8))
     assert args["device"] == "cuda"  # Ray shows the replica its one GPU as cuda:0
+    assert args["num_threads"] is None  # adaptive, as the single server's engine
     assert actor == {"num_cpus": 4, "num_gpus": 1}
 
 
