@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--prefix-len", type=int, default=512)
     parser.add_argument("--prefix-rate", default="2", help="requests/s (Poisson) of the shared-prefix workload")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", default="cost,routing", help="which parts to run: cost, routing or both")
     parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON here")
     return parser.parse_known_args(argv)
 
@@ -120,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"benchmark": "replicas", "args": vars(args), "server_args": extra, "repeats": []}
     for repeat in range(args.repeats):
         print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
-        cost = {mode: run_cost(args, flags, extra) for mode, flags in COST_MODES.items()}
-        routing = {mode: run_routing(args, flags, extra) for mode, flags in ROUTING_MODES.items()}
+        parts = args.parts.split(",")
+        cost = {mode: run_cost(args, flags, extra) for mode, flags in COST_MODES.items()} if "cost" in parts else {}
+        routing = ({mode: run_routing(args, flags, extra) for mode, flags in ROUTING_MODES.items()}
+                   if "routing" in parts else {})
         for mode, r in cost.items():
             print(f"  {mode:<24} light: TTFT median {r['light_ttft_median_ms']:7.1f} ms, TPOT median "
                   f"{r['light_tpot_median_ms']:6.1f} ms | burst: {r['burst_output_throughput']:6.1f} output tok/s "
@@ -137,17 +140,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarize(report: dict[str, Any]) -> None:
-    costs = [r["cost"] for r in report["repeats"]]
-    routes = [r["routing"] for r in report["repeats"]]
+    costs = [r["cost"] for r in report["repeats"] if r["cost"]]
+    routes = [r["routing"] for r in report["repeats"] if r["routing"]]
+    report["summary"] = {}
+    if costs:
+        summarize_cost(report, costs)
+    if routes:
+        summarize_routing(routes)
+
+
+def summarize_cost(report: dict[str, Any], costs: list[dict[str, Any]]) -> None:
     single = [c["single process"] for c in costs]
     one = [c["1 replica"] for c in costs]
     two = [c["2 replicas x 1 thread"] for c in costs]
     ttft_cost = median_of(one, "light_ttft_median_ms") - median_of(single, "light_ttft_median_ms")
     throughput = median_of(one, "burst_output_throughput") / median_of(single, "burst_output_throughput")
-    print(f"front cost (1 replica against the single server, medians): TTFT +{ttft_cost:.1f} ms (target <= 5), "
+    print(f"front cost (1 replica against the single server, medians): TTFT {ttft_cost:+.1f} ms (target <= +5), "
           f"throughput {throughput:.3f}x (target >= 0.95)")
     spread = median_of(two, "burst_output_throughput") / median_of(single, "burst_output_throughput")
     print(f"2 replicas x 1 thread: {spread:.3f}x the single server's burst throughput")
+    report["summary"] = {"ttft_cost_ms": ttft_cost, "throughput_ratio": throughput, "two_replicas_ratio": spread}
+
+
+def summarize_routing(routes: list[dict[str, Any]]) -> None:
     prefix = [r["prefix routing, 2x1"] for r in routes]
     default = [r["Ray default, 2x1"] for r in routes]
     reference = [r["one replica"] for r in routes]
@@ -156,7 +171,6 @@ def summarize(report: dict[str, Any]) -> None:
           "(target: prefix routing within 10% of one replica)")
     print(f"mean TTFT: prefix routing {median_of(prefix, 'ttft_mean_ms'):.1f} ms, Ray default "
           f"{median_of(default, 'ttft_mean_ms'):.1f} ms (target: lower with prefix routing)")
-    report["summary"] = {"ttft_cost_ms": ttft_cost, "throughput_ratio": throughput, "two_replicas_ratio": spread}
 
 
 if __name__ == "__main__":
