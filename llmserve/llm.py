@@ -10,6 +10,7 @@ from llmserve.config import EngineConfig
 from llmserve.devices import is_cuda, resolve_device
 from llmserve.engine.engine import LLMEngine, Prompt
 from llmserve.engine.outputs import RequestOutput
+from llmserve.pooling_params import PoolingParams
 from llmserve.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -58,6 +59,17 @@ class LLM:
         prompt_list = _as_prompt_list(prompts)
         params_list = [p or SamplingParams() for p in
                        _per_prompt(sampling_params, len(prompt_list), SamplingParams, "sampling params")]
+        return self._submit(prompt_list, params_list, priority)
+
+    def embed(self, prompts: Prompt | Sequence[Prompt], pooling_params: PoolingParams | None = None,
+              priority: int | str | Sequence[int | str] | None = None) -> list[RequestOutput]:
+        """One embedding per prompt, in each output's `embedding`: the mean of the model's last hidden
+        states over the prompt's tokens, L2-normalised unless `pooling_params.normalize` is False."""
+        prompt_list = _as_prompt_list(prompts)
+        return self._submit(prompt_list, [pooling_params or PoolingParams()] * len(prompt_list), priority)
+
+    def _submit(self, prompt_list: list[Prompt], params_list: list[SamplingParams] | list[PoolingParams],
+                priority: int | str | Sequence[int | str] | None) -> list[RequestOutput]:
         priorities = _per_prompt(priority, len(prompt_list), (int, str), "priorities")
         # Validate everything first so one bad prompt leaves nothing half-queued.
         prepared = [self.engine.prepare(str(next(self._ids)), p, sp, pr)

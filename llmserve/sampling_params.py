@@ -59,6 +59,9 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     logprobs: int | None = None
+    # Logprobs of the prompt's own tokens, each given the ones before it, with this many alternatives
+    # (0: the token's alone). Taken from the raw model logits: no penalties or temperature apply.
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     guided: GuidedDecoding | None = None  # what the output must match (structured outputs)
@@ -93,6 +96,11 @@ class SamplingParams:
             self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS), "logprobs",
             f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {_short(self.logprobs)}",
         )
+        _check(
+            self.prompt_logprobs is None or (_is_int(self.prompt_logprobs)
+                                             and 0 <= self.prompt_logprobs <= MAX_LOGPROBS), "prompt_logprobs",
+            f"prompt_logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {_short(self.prompt_logprobs)}",
+        )
         from llmserve.guided import GuidedDecoding  # here: guided.py imports InvalidParameter from this module
 
         _check(self.guided is None or isinstance(self.guided, GuidedDecoding), "guided",
@@ -119,8 +127,9 @@ class SamplingParams:
 
     def _validate_lengths(self) -> None:
         _check(
-            self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 1), "max_tokens",
-            f"max_tokens must be None or an integer >= 1, got {_short(self.max_tokens)}",
+            # 0 is valid: the prompt is only prefilled (for its prompt logprobs) and nothing is generated.
+            self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 0), "max_tokens",
+            f"max_tokens must be None or an integer >= 0, got {_short(self.max_tokens)}",
         )
         _check(
             _is_int(self.min_tokens) and self.min_tokens >= 0, "min_tokens",

@@ -35,6 +35,18 @@ def test_max_tokens_none_allowed() -> None:
     assert SamplingParams(max_tokens=None).max_tokens is None
 
 
+def test_max_tokens_zero_and_prompt_logprobs_allowed() -> None:
+    params = SamplingParams(max_tokens=0, prompt_logprobs=0)
+    assert params.max_tokens == 0 and params.prompt_logprobs == 0
+    assert SamplingParams(prompt_logprobs=20).prompt_logprobs == 20
+    assert SamplingParams().prompt_logprobs is None
+
+
+def test_max_tokens_message_says_zero_is_allowed() -> None:
+    with pytest.raises(InvalidParameter, match=r"max_tokens must be None or an integer >= 0, got -1"):
+        SamplingParams(max_tokens=-1)
+
+
 def test_penalties_flag() -> None:
     assert SamplingParams(repetition_penalty=1.2).has_penalties
     assert SamplingParams(presence_penalty=-0.5).has_penalties
@@ -55,7 +67,10 @@ def test_penalties_flag() -> None:
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
         ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"frequency_penalty": -3.0}, "frequency_penalty"),
-        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"prompt_logprobs": -1}, "prompt_logprobs"),
+        ({"prompt_logprobs": 21}, "prompt_logprobs"),
+        ({"prompt_logprobs": True}, "prompt_logprobs"),
         ({"min_tokens": -1}, "min_tokens"),
         ({"min_tokens": 5, "max_tokens": 4}, "min_tokens"),
         ({"logprobs": -1}, "logprobs"),

@@ -19,6 +19,7 @@ from llmserve.engine.engine import LLMEngine, PreparedRequest, Prompt
 from llmserve.engine.native_memory import MallocTrimmer
 from llmserve.engine.outputs import EngineStats, RequestOutput
 from llmserve.engine.prefix_cache import PrefixCacheStats
+from llmserve.pooling_params import PoolingParams
 from llmserve.sampling_params import SamplingParams
 from llmserve.service_classes import ServiceClasses
 
@@ -116,12 +117,13 @@ class AsyncEngine:
                            kv_cache_usage=blocks.usage, prefix_cache_queries=cache.queries,
                            prefix_cache_hits=cache.hits)
 
-    def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+    def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams | None = None,
                 priority: int | str | None = None) -> PreparedRequest:
-        """Validate and tokenize on the caller's thread; raises ValueError on bad input."""
+        """Validate and tokenize on the caller's thread; raises ValueError on bad input. PoolingParams
+        make an embedding request (see LLMEngine.prepare)."""
         return self.engine.prepare(request_id, prompt, params, priority)
 
-    async def generate(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+    async def generate(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams | None = None,
                        priority: int | str | None = None) -> AsyncIterator[RequestOutput]:
         """Yields one RequestOutput per engine step that touched the request; the last has finished=True.
 

@@ -120,7 +120,7 @@ class BlockManager:
         request.block_ids = list(cached)
         request.num_committed_blocks = len(cached)
         request.num_computed_tokens = len(cached) * self.block_size
-        if self.prefix_cache is not None:
+        if self.prefix_cache is not None and not request.needs_prompt_states:  # those skip the lookup
             stats = self.prefix_cache.stats
             stats.queries += request.num_tokens
             stats.hits += request.num_computed_tokens

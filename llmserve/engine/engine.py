@@ -19,12 +19,15 @@ from llmserve.engine.output_builder import OutputBuilder
 from llmserve.engine.outputs import RequestOutput
 from llmserve.engine.prefix_cache import PrefixCache, root_hash
 from llmserve.engine.preparer import PreparedRequest, Prompt, RequestPreparer
+from llmserve.engine.prompt_results import record_prompt_results
 from llmserve.engine.request import Request, RequestStatus
 from llmserve.engine.scheduler import Scheduler
 from llmserve.engine.scheduler_output import scheduler_output
 from llmserve.engine.threads import ThreadGovernor
 from llmserve.model.loader import load_model, resolve_dtype
-from llmserve.runner.model_runner import ModelRunner, SampledToken
+from llmserve.pooling_params import PoolingParams
+from llmserve.runner.model_runner import ModelRunner
+from llmserve.runner.step_result import SampledToken
 from llmserve.sampling_params import SamplingParams
 from llmserve.structured.compiler import GrammarCompiler
 from llmserve.structured.guide import Guide
@@ -119,11 +122,12 @@ class LLMEngine:
         return self.scheduler.config
 
     # --- requests in ---------------------------------------------------------------------
-    def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+    def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams | None = None,
                 priority: int | str | None = None) -> PreparedRequest:
         """Validate and tokenize; raises ValueError on bad input. Safe to call from any thread.
 
         `priority` names a service class, by rank (0 = most important) or name; None is the default class.
+        PoolingParams make an embedding request: it generates nothing, and its final output has `embedding`.
         """
         return self.preparer.prepare(request_id, prompt, params, priority)
 
@@ -136,7 +140,7 @@ class LLMEngine:
     def _pool_tokens(self) -> int:
         return self.block_manager.num_blocks * self.block_manager.block_size
 
-    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams | None = None,
                     priority: int | str | None = None) -> None:
         self.add_prepared(self.prepare(request_id, prompt, params, priority))
 
@@ -149,6 +153,8 @@ class LLMEngine:
         room = min(self.max_model_len, self._pool_tokens) - len(prepared.prompt_token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         children = [self._make_sequence(prepared, i, max_tokens) for i in range(params.n)]
+        # The prompt is the same for all n: its first sequence alone gathers the prompt's results.
+        children[0].prompt_results = prepared.prompt_results()
         self._requests[prepared.request_id] = children
         self.outputs.register(prepared, children)
         for child in children:
@@ -190,16 +196,19 @@ class LLMEngine:
             return []
         self.threads.adjust()
         try:
-            sampled = self.runner.execute(scheduler_output(plan.scheduled))
+            result = self.runner.execute(scheduler_output(plan.scheduled))
+            record_prompt_results(plan.scheduled, [r.num_computed_tokens for r, _ in plan.scheduled], result)
         except Exception as exc:  # one bad batch must not take the engine down
             logger.exception("engine step failed")
             return self._fail(plan.scheduled, f"internal error: {exc}")
         for request, num_new in plan.scheduled:
             request.num_computed_tokens += num_new
             self.block_manager.cache_full_blocks(request)
+            if request.max_tokens == 0 and request.num_pending_tokens == 0:
+                self.scheduler.finish(request, RequestStatus.FINISHED_LENGTH)  # prefilled: all it asked for
         touched = {r.parent_id for r, _ in plan.scheduled}
         failed: list[RequestOutput] = []
-        for token in sampled:
+        for token in result.sampled:
             request = plan.scheduled[token.seq_index][0]
             if request.is_finished:  # a sibling failed earlier in this loop and ended it
                 continue

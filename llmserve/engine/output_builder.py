@@ -40,8 +40,11 @@ class OutputBuilder:
         metrics = RequestMetrics(first.times.arrival, first.times.first_scheduled, first.times.first_token,
                                  max((c.times.finished or 0.0) for c in children) if finished else None,
                                  sum(c.num_preemptions for c in children))
+        results = first.prompt_results
         return RequestOutput(parent_id, sent.prompt, sent.prompt_token_ids, outputs, finished,
-                             errors[0] if errors else None, metrics, first.num_cached_tokens)
+                             errors[0] if errors else None, metrics, first.num_cached_tokens,
+                             prompt_logprobs=results.prompt_logprobs() if results is not None else None,
+                             embedding=results.embedding() if results is not None and finished else None)
 
     def _completion(self, sent: _Sent, child: Request) -> CompletionOutput:
         i = child.index

@@ -48,6 +48,10 @@ class RequestOutput:
     error: str | None = None
     metrics: RequestMetrics | None = None
     num_cached_tokens: int | None = None  # prompt tokens whose KV came from the prefix cache (None: not yet run)
+    # With SamplingParams.prompt_logprobs: one entry per prompt token, the first None (nothing predicts
+    # it); set from the first output after the prefill on.
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    embedding: list[float] | None = None  # a pooling request's result, on its final output
 
     @property
     def num_generated_tokens(self) -> int:

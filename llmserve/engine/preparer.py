@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from llmserve.pooling_params import PoolingParams
 from llmserve.sampling_params import InvalidParameter, SamplingParams
 
 if TYPE_CHECKING:
     import xgrammar as xgr
 
+    from llmserve.engine.prompt_results import PromptResults
     from llmserve.model.tokenizer import Tokenizer
     from llmserve.service_classes import ServiceClasses
     from llmserve.structured.compiler import GrammarCompiler
@@ -29,9 +31,18 @@ class PreparedRequest:
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
-    params: SamplingParams
+    params: SamplingParams  # a pooling request's are SamplingParams(max_tokens=0): it generates nothing
     priority: int = 0  # the service class's rank
     grammar: xgr.CompiledGrammar | None = None  # params.guided, compiled
+    pooling: PoolingParams | None = None  # set for an embedding request
+
+    def prompt_results(self) -> PromptResults | None:
+        """A fresh accumulator of what the prompt's chunks give besides KV, when the request wants any."""
+        if self.params.prompt_logprobs is None and self.pooling is None:
+            return None
+        from llmserve.engine.prompt_results import PromptResults  # torch: only in the engine's process
+
+        return PromptResults(len(self.prompt_token_ids), self.params.prompt_logprobs, self.pooling)
 
 
 @dataclass
@@ -43,18 +54,24 @@ class RequestPreparer:
     pool_tokens: int  # tokens the KV pool holds: no prompt may need more
     grammars: GrammarCompiler | None = None  # None: the model has no tokenizer
 
-    def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+    def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams | None = None,
                 priority: int | str | None = None) -> PreparedRequest:
         """Validate and tokenize; raises ValueError on bad input. Safe to call from any thread.
 
         `priority` names a service class, by rank (0 = most important) or name; None is the default class.
+        PoolingParams make an embedding request: it generates nothing, and its final output has `embedding`.
         """
-        params = params or SamplingParams()
+        pooling = params if isinstance(params, PoolingParams) else None
+        params = SamplingParams(max_tokens=0) if pooling is not None else params or SamplingParams()
         rank = self.service_classes.rank(priority)
         text, token_ids = self._tokenize(prompt)
         if not token_ids:
             raise ValueError("the prompt is empty")
-        if len(token_ids) >= self.max_model_len:
+        if params.max_tokens == 0:  # nothing to generate: the prompt may fill the whole context
+            if len(token_ids) > self.max_model_len:
+                raise ValueError(f"the prompt has {len(token_ids)} tokens; the context length is "
+                                 f"{self.max_model_len}")
+        elif len(token_ids) >= self.max_model_len:
             raise ValueError(f"the prompt has {len(token_ids)} tokens; the context length is {self.max_model_len} "
                              "and at least one must be left to generate")
         vocab = self.vocab_size
@@ -66,7 +83,7 @@ class RequestPreparer:
             raise InvalidParameter(f"stop_token_ids must lie in [0, {vocab})", "stop_token_ids")
         if len(token_ids) >= self.pool_tokens:
             raise ValueError(f"the prompt has {len(token_ids)} tokens; the KV cache holds {self.pool_tokens}")
-        return PreparedRequest(request_id, text, token_ids, params, rank, self.compile_guided(params))
+        return PreparedRequest(request_id, text, token_ids, params, rank, self.compile_guided(params), pooling)
 
     def compile_guided(self, params: SamplingParams) -> xgr.CompiledGrammar | None:
         guided = params.guided

@@ -14,6 +14,7 @@ from llmserve.sampling_params import SamplingParams
 if TYPE_CHECKING:
     from llmserve.engine.detokenizer import IncrementalDetokenizer
     from llmserve.engine.outputs import TokenLogprobs
+    from llmserve.engine.prompt_results import PromptResults
     from llmserve.structured.guide import Guide
 
 
@@ -77,6 +78,8 @@ class Request:
     priority: int = 0  # the service class rank: 0 is the most important
     sequence_number: int = 0  # arrival order, the FCFS tie-breaker
     guide: Guide | None = None  # its grammar's state when the output is constrained (its own, per sequence)
+    # Prompt logprobs / pooled states being gathered (the parent's first sequence only, when asked)
+    prompt_results: PromptResults | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -98,6 +101,11 @@ class Request:
         if start >= prompt_len:
             return self.output_token_ids[start - prompt_len:end - prompt_len]
         return self.prompt_token_ids[start:] + self.output_token_ids[:end - prompt_len]
+
+    @property
+    def needs_prompt_states(self) -> bool:
+        """Whether its prompt's hidden states must still be computed, so a prefix-cache hit is no use."""
+        return self.prompt_results is not None and not self.prompt_results.is_complete
 
     @property
     def is_finished(self) -> bool:

@@ -164,8 +164,9 @@ class Scheduler:
                 allowance = step.budget.allowance(request.priority)
                 if allowance <= 0:
                     continue  # its class has spent its share; a later class may still have some
-                # The lookup comes after the allowance check: it walks the prompt's blocks.
-                cached = self.block_manager.cached_prefix(request)
+                # The lookup comes after the allowance check: it walks the prompt's blocks. A request that
+                # still needs its prompt's hidden states (prompt logprobs, pooling) must compute them all.
+                cached = [] if request.needs_prompt_states else self.block_manager.cached_prefix(request)
                 num_new = min(request.num_tokens - len(cached) * self.block_manager.block_size, allowance)
                 if not self._admit(request, cached, num_new, step):
                     break  # admitting anyone behind it would take what it is waiting for

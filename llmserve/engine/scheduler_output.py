@@ -2,8 +2,9 @@
 
 The runner never sees a `Request`: it gets, per scheduled sequence, the tokens to compute this
 step, where they start, the sequence's KV blocks and, when the step ends at the sequence's last
-token, what the sampler needs. The engine keeps the `Request`s and maps sampled tokens back by
-their index in `sequences`.
+token, what the sampler needs; for a request that wants its prompt's logprobs or pooled hidden
+states, what those need. The engine keeps the `Request`s and maps results back by their index in
+`sequences`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class ScheduledSequence:
     start: int  # position of the first of them (tokens whose KV is cached already)
     block_ids: list[int]  # the sequence's KV blocks, in order
     sampling: SamplingInputs | None  # set when this step reaches the sequence's last token
+    # Top-k of the prompt logprobs this chunk's rows give (set only when they give some not held yet)
+    prompt_logprobs: int | None = None
+    # The prompt token after this chunk, which its last row predicts (None: the chunk ends the prompt)
+    next_prompt_token: int | None = None
+    pool: bool = False  # sum this chunk's last hidden states (an embedding request)
 
     @property
     def num_tokens(self) -> int:
@@ -59,17 +65,25 @@ def scheduler_output(scheduled: list[tuple[Request, int]]) -> SchedulerOutput:
 
 def _sequence(request: Request, num_new: int) -> ScheduledSequence:
     start = request.num_computed_tokens
+    end = start + num_new
     sampling = None
-    if start + num_new == request.num_tokens:
+    if end == request.num_tokens and request.max_tokens > 0:  # max_tokens 0: the prompt is only prefilled
         sampling = SamplingInputs(request.params, request.prompt_token_ids, request.output_token_ids,
                                   request.generator, blocked_token_ids(request), request.guide)
-    return ScheduledSequence(request.token_slice(start, start + num_new), start, request.block_ids, sampling)
+    results = request.prompt_results
+    top_k, next_token, pool = None, None, False
+    if results is not None:
+        if results.wants_logprobs(end):
+            top_k = results.num_logprobs
+            next_token = request.prompt_token_ids[end] if end < request.num_prompt_tokens else None
+        pool = results.wants_pooling(end)
+    return ScheduledSequence(request.token_slice(start, end), start, request.block_ids, sampling, top_k,
+                             next_token, pool)
 
 
 def blocked_token_ids(request: Request) -> list[int]:
-    """Tokens that would end the request before min_tokens is reached."""
+    """Tokens that would end the request before min_tokens is reached. Under a grammar that allows
+    nothing but its end, the sampler lets them through (runner/sampler.py): the grammar wins."""
     if len(request.output_token_ids) >= request.params.min_tokens:
         return []
-    if request.guide is not None and request.guide.is_completed:
-        return []  # the grammar allows nothing more but its end: it wins over min_tokens
     return list(request.eos_token_ids) + list(request.params.stop_token_ids or [])  # eos is () with ignore_eos

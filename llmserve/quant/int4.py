@@ -52,9 +52,29 @@ def unpack_plain(packed: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_cpu_kernel_layout(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Inverse of `_convert_weight_to_int4pack_for_cpu` for `rows` divisible by 64."""
-    blocks = packed.view(rows // 64, cols, 32)
-    return torch.cat((blocks & 15, blocks >> 4), dim=-1).transpose(1, 2).reshape(rows, cols)
+    """Inverse of `_convert_weight_to_int4pack_for_cpu`. The order that kernel stores nibbles in
+    depends on the CPU torch runs on (its AVX-512 and AVX2 builds tile differently), so it is read
+    off probes packed here rather than assumed."""
+    values = torch.empty(rows * cols, dtype=torch.uint8)
+    values[_cpu_kernel_nibble_sources(rows, cols)] = _nibbles(packed)
+    return values.view(rows, cols)
+
+
+def _nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """Every 4-bit value of `packed`, the low nibble of each byte first."""
+    return torch.stack((packed & 15, packed >> 4), dim=-1).flatten()
+
+
+def _cpu_kernel_nibble_sources(rows: int, cols: int) -> torch.Tensor:
+    """For each nibble of a packed [rows, cols] weight, the flat index of the value it holds: each
+    probe carries one hex digit of every value's own index through the packing."""
+    index = torch.arange(rows * cols, dtype=torch.int64)
+    sources = torch.zeros_like(index)
+    for shift in range(0, max(1, (rows * cols - 1).bit_length()), 4):
+        probe = ((index >> shift) & 15).view(rows, cols).to(torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1)
+        sources |= _nibbles(packed).to(torch.int64) << shift
+    return sources
 
 
 class Int4Linear(nn.Module):

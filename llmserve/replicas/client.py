@@ -43,6 +43,7 @@ REPLICA_HEADER = "X-Replica"
 @dataclass(frozen=True)
 class _ModelView:
     vocab_size: int
+    hidden_size: int
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class ReplicaEngine:
         self.handle = handle
         self.facts = facts
         self.counters = counters
-        self.engine = RemoteEngineView(facts.max_model_len, _ModelView(facts.vocab_size))
+        self.engine = RemoteEngineView(facts.max_model_len, _ModelView(facts.vocab_size, facts.hidden_size))
         self._preparer = facts.preparer()
         self._streaming = handle.options(stream=True)
         self._calls: dict[str, _Call] = {}

@@ -27,6 +27,7 @@ class EngineFacts:
     model_identity: str
     max_model_len: int
     vocab_size: int
+    hidden_size: int  # an embedding's length
     eos_token_ids: tuple[int, ...]
     pool_tokens: int
     block_size: int
@@ -38,6 +39,7 @@ class EngineFacts:
         cache = blocks.prefix_cache
         return cls(engine.tokenizer, engine.scheduler_config.service_classes, engine.scheduler_config.policy,
                    engine.model_identity, engine.max_model_len, engine.model_config.vocab_size,
+                   engine.model_config.hidden_size,
                    tuple(engine.model_config.eos_token_ids), blocks.num_blocks * blocks.block_size,
                    blocks.block_size, cache.root if cache is not None else None)
 

@@ -1,24 +1,19 @@
-"""Runs one engine step on the device: the scheduler's message -> one forward -> logits -> tokens."""
+"""Runs one engine step on the device: the scheduler's message -> one forward -> logits -> tokens,
+and the prompt logprobs and pooled hidden states of the sequences that ask for them."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from llmserve.backends.base import AttentionBackend, KVCacheSpec, LayerKVCache
-from llmserve.engine.outputs import TokenLogprobs
 from llmserve.engine.scheduler_output import SchedulerOutput
+from llmserve.runner.prompt_rows import KeptRows, prompt_logprobs, prompt_targets
 from llmserve.runner.sampler import Sampler
 from llmserve.runner.step_batch import build_step_batch
+from llmserve.runner.step_result import SampledToken, StepResult
 
-
-@dataclass(frozen=True)
-class SampledToken:
-    seq_index: int  # the sequence's place in SchedulerOutput.sequences
-    token_id: int
-    logprobs: TokenLogprobs | None
+__all__ = ["ModelRunner", "SampledToken", "StepResult"]
 
 
 class ModelRunner:
@@ -38,12 +33,29 @@ class ModelRunner:
         return self.backend.capture_graphs(self.model, self.kv_caches, max_num_seqs, max_model_len)
 
     @torch.inference_mode()
-    def execute(self, output: SchedulerOutput) -> list[SampledToken]:
-        batch = build_step_batch(output, self.block_size)
+    def execute(self, output: SchedulerOutput) -> StepResult:
+        kept = KeptRows.of(output)
+        batch = build_step_batch(output, self.block_size, kept=kept)
+        hidden = self.backend.forward(self.model, batch, self.kv_caches)  # the kept rows
+        result = StepResult()
         rows = [i for i, seq in enumerate(output.sequences) if seq.sampling is not None]
-        hidden = self.backend.forward(self.model, batch, self.kv_caches)
-        if not rows:
-            return []
+        if rows:
+            result.sampled = self._sample(output, kept, hidden, rows)
+        for i, seq in enumerate(output.sequences):
+            if seq.prompt_logprobs is not None:
+                targets = prompt_targets(seq)
+                states = hidden[kept.rows(i, len(targets))]
+                result.prompt_logprobs[i] = prompt_logprobs(self.model.compute_logits, states, targets,
+                                                            seq.prompt_logprobs)
+            if seq.pool:
+                result.pooled[i] = hidden[kept.rows(i, seq.num_tokens)].float().sum(dim=0)
+        return result
+
+    def _sample(self, output: SchedulerOutput, kept: KeptRows, hidden: torch.Tensor,
+                rows: list[int]) -> list[SampledToken]:
+        if kept.num_rows != len(rows):  # other rows were kept too: take each sampled sequence's last
+            index = [kept.row(i, output.sequences[i].num_tokens - 1) for i in rows]
+            hidden = hidden.index_select(0, torch.tensor(index, device=hidden.device))
         logits = self.model.compute_logits(hidden)
         inputs = [output.sequences[i].sampling for i in rows]
         result = self.sampler.sample(

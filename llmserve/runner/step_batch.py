@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from llmserve.engine.scheduler_output import SchedulerOutput
+from llmserve.runner.prompt_rows import KeptRows
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class StepBatch:
     seq_lens: torch.Tensor  # [B] long: keys each sequence attends (cached + this step's)
     block_table: torch.Tensor  # [B, W] long, padded with block 0 (never attended)
     num_decodes: int  # the first num_decodes sequences compute one token each
-    logits_indices: torch.Tensor  # [S] long: rows whose logits are wanted
+    logits_indices: torch.Tensor  # [S] long: rows whose hidden states are wanted, ascending
     block_size: int
 
     @property
@@ -41,26 +42,29 @@ class StepBatch:
         return torch.cat((torch.zeros(1, dtype=torch.long), torch.cumsum(self.query_lens, 0)))
 
 
-def build_step_batch(output: SchedulerOutput, block_size: int, all_logits: bool = False) -> StepBatch:
-    """The step's inputs; logits are wanted for each sequence's sampled row, or for every row with
+def build_step_batch(output: SchedulerOutput, block_size: int, all_logits: bool = False,
+                     kept: KeptRows | None = None) -> StepBatch:
+    """The step's inputs; hidden states are wanted for the `kept` rows (by default each sequence's
+    sampled row, prompt-logprob rows and pooled rows: prompt_rows.KeptRows), or for every row with
     `all_logits` (scoring a text)."""
     token_ids: list[int] = []
     starts: list[int] = []
     lengths: list[int] = []
-    logits_rows: list[int] = []
     for seq in output.sequences:
         token_ids += seq.token_ids
         starts.append(seq.start)
         lengths.append(seq.num_tokens)
-        if seq.sampling is not None:
-            logits_rows.append(len(token_ids) - 1)
     query_lens = torch.tensor(lengths)
     start_positions = torch.tensor(starts)
     positions = _positions(start_positions, query_lens)
     block_table = _block_table([seq.block_ids for seq in output.sequences])
     seq_of_token = torch.repeat_interleave(torch.arange(len(lengths)), query_lens)
     slots = block_table[seq_of_token, positions // block_size] * block_size + positions % block_size
-    logits_indices = torch.arange(len(token_ids)) if all_logits else torch.tensor(logits_rows, dtype=torch.long)
+    if all_logits:
+        logits_indices = torch.arange(len(token_ids))
+    else:
+        rows = (kept or KeptRows.of(output)).flat_rows(output)
+        logits_indices = torch.tensor(rows, dtype=torch.long)
     return StepBatch(
         input_ids=torch.tensor(token_ids), positions=positions, slot_mapping=slots, query_lens=query_lens,
         seq_lens=start_positions + query_lens, block_table=block_table, num_decodes=output.num_decodes,

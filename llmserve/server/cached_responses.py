@@ -1,8 +1,8 @@
 """The exact-match response cache at the HTTP edge: which requests may use it, under what key,
 and how a response is recorded and replayed.
 
-Only a request whose answer is fully determined is cached: greedy (temperature 0) or seeded.
-Its key hashes the endpoint, the model, the normalized body (defaults filled in, so an absent
+Only a request whose answer is fully determined is cached: greedy (temperature 0), seeded, or an
+embedding. Its key hashes the endpoint, the model, the normalized body (defaults filled in, so an absent
 field and its default are the same request) with the prompt after chat templating, and the
 caller's API key, so callers with different keys never share an entry unless the server is
 told to. A plain response is stored as its body; a streamed one as its chunks, which a hit
@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from llmserve.server.response_cache import ResponseCache
 
 if TYPE_CHECKING:
+    from llmserve.pooling_params import PoolingParams
     from llmserve.sampling_params import SamplingParams
 
 logger = logging.getLogger("llmserve.server")
@@ -63,8 +64,9 @@ class CacheUse:
 NO_CACHE = CacheUse()
 
 
-def is_deterministic(params: SamplingParams) -> bool:
-    return params.temperature == 0 or params.seed is not None
+def is_deterministic(params: SamplingParams | PoolingParams) -> bool:
+    # Pooling samples nothing: an embedding is always determined by its input.
+    return not hasattr(params, "temperature") or params.temperature == 0 or params.seed is not None
 
 
 class ResponseCacheFront:
@@ -75,7 +77,7 @@ class ResponseCacheFront:
         self.model_identity = model_identity
         self.share_across_api_keys = share_across_api_keys
 
-    def use(self, endpoint: str, body: BaseModel, params: SamplingParams, prompts: list[Any],
+    def use(self, endpoint: str, body: BaseModel, params: SamplingParams | PoolingParams, prompts: list[Any],
             api_key: str | None, cache_control: str) -> CacheUse:
         directives = {part.strip().split("=")[0] for part in cache_control.lower().split(",")}
         if getattr(body, "cache", None) is False or "no-store" in directives or not is_deterministic(params):
@@ -118,11 +120,12 @@ class ResponseCacheFront:
             await self.cache.put(use.key, _encode({"chunks": chunks}))
 
 
-def _params_key(params: SamplingParams) -> dict[str, Any]:
+def _params_key(params: SamplingParams | PoolingParams) -> dict[str, Any]:
     fields = asdict(params)
     # The constraint by what it compiles to: the same schema sent as response_format or guided_json
     # is one request.
-    fields["guided"] = None if params.guided is None else list(params.guided.key)
+    if "guided" in fields:
+        fields["guided"] = None if params.guided is None else list(params.guided.key)
     return fields
 
 

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from llmserve.guided import GuidedDecoding
 from llmserve.sampling_params import (
     MAX_LOGPROBS,
     REPETITION_PENALTY_MAX,
@@ -34,6 +35,7 @@ from llmserve.sampling_params import (
 )
 from llmserve.server.guided_fields import GuidedFields
 from llmserve.server.unsupported import CHAT, COMPLETIONS, refuse_unsupported
+from llmserve.tool_calls.schema import forced_tool_call_schema
 
 TokenIds = list[StrictInt]
 
@@ -42,34 +44,16 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class _SamplingFields(GuidedFields):
-    """Fields shared by both endpoints: OpenAI's, then vLLM's extensions under vLLM's names."""
+class ServedFields(BaseModel):
+    """Fields every model endpoint takes: which model, who asks, the class and the response cache switch."""
 
     # Unknown fields are ignored, as OpenAI and vLLM do, so newer clients keep working. No float
     # may be inf or NaN (1e999 parses as inf): none means anything to the sampler.
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = None
-    n: StrictInt = Field(1, ge=1, le=16)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    stream: StrictBool = False
-    stream_options: StreamOptions | None = None
     # OpenAI's end-user id for its abuse monitoring: accepted and, as this server monitors nothing, a no-op.
     user: str | None = None
-    top_k: StrictInt | None = Field(None, ge=-1)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, ge=REPETITION_PENALTY_MIN, le=REPETITION_PENALTY_MAX)
-    ignore_eos: StrictBool = False
-    min_tokens: StrictInt = Field(0, ge=0)
-    stop_token_ids: list[StrictInt] | None = None
-    skip_special_tokens: StrictBool = True
-    include_stop_str_in_output: StrictBool = False
-    _params: SamplingParams = PrivateAttr()
     priority: Any = None  # a service class: its rank or name; None: the default class
     cache: StrictBool | None = None  # false: neither read nor stored by the response cache
 
@@ -80,13 +64,44 @@ class _SamplingFields(GuidedFields):
             return value
         raise ValueError("priority must be a service class name or an integer rank")
 
+
+class _SamplingFields(GuidedFields, ServedFields):
+    """Fields shared by both endpoints: OpenAI's, then vLLM's extensions under vLLM's names."""
+
+    n: StrictInt = Field(1, ge=1, le=16)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    top_k: StrictInt | None = Field(None, ge=-1)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, ge=REPETITION_PENALTY_MIN, le=REPETITION_PENALTY_MAX)
+    ignore_eos: StrictBool = False
+    min_tokens: StrictInt = Field(0, ge=0)
+    stop_token_ids: list[StrictInt] | None = None
+    skip_special_tokens: StrictBool = True
+    include_stop_str_in_output: StrictBool = False
+    # vLLM's: the log-probability of each prompt token given those before it, with this many alternatives.
+    prompt_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    _params: SamplingParams = PrivateAttr()
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def _limits(self) -> tuple[int | None, int | None]:
-        """(max_tokens, logprobs) as this endpoint spells them."""
+    def _limits(self) -> tuple[int | None, int | None, int | None]:
+        """(max_tokens, logprobs, prompt_logprobs) as this endpoint spells them."""
         raise NotImplementedError
+
+    def _checked_prompt_logprobs(self) -> int | None:
+        # As vLLM: a stream has no place for them (echo's prompt logprobs do go out in its first chunk).
+        if self.prompt_logprobs is not None and self.stream:
+            raise InvalidParameter("prompt_logprobs are not available when stream is true", "prompt_logprobs")
+        return self.prompt_logprobs
 
     @model_validator(mode="after")
     def _sampling_params_are_valid(self) -> _SamplingFields:
@@ -99,7 +114,8 @@ class _SamplingFields(GuidedFields):
         """The SamplingParams built (and so checked) while the body was validated."""
         return self._params
 
-    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None,
+                        prompt_logprobs: int | None = None) -> SamplingParams:
         return SamplingParams(
             n=self.n, temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0, min_p=self.min_p,
@@ -108,14 +124,15 @@ class _SamplingFields(GuidedFields):
             min_tokens=self.min_tokens, stop=self.stop, stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos, logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output, guided=self.guided(),
+            prompt_logprobs=prompt_logprobs,
         )
 
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | TokenIds | list[TokenIds]
-    max_tokens: StrictInt | None = Field(16, ge=1)
+    max_tokens: StrictInt | None = Field(16, ge=0)  # 0 only with echo: the prompt alone
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    echo: StrictBool = False
+    echo: StrictBool = False  # the text (and logprobs) of each choice start with its prompt
 
     @model_validator(mode="before")
     @classmethod
@@ -129,8 +146,14 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("prompt must not be an empty list")
         return prompt
 
-    def _limits(self) -> tuple[int | None, int | None]:
-        return self.max_tokens, self.logprobs
+    def _limits(self) -> tuple[int | None, int | None, int | None]:
+        if self.max_tokens == 0 and not self.echo:
+            raise InvalidParameter("max_tokens must be at least 1; 0 is allowed only with echo, which returns the "
+                                   "prompt alone", "max_tokens")
+        prompt_logprobs = self._checked_prompt_logprobs()
+        if self.echo and self.logprobs is not None:  # echoed logprobs start with the prompt's, as vLLM's
+            prompt_logprobs = max(prompt_logprobs or 0, self.logprobs)
+        return self.max_tokens, self.logprobs, prompt_logprobs
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: a string, or a list of token ids."""
@@ -272,25 +295,52 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("top_logprobs needs logprobs set to true")
         return self
 
-    @model_validator(mode="after")
-    def _tool_choice_fits_the_tools(self) -> ChatCompletionRequest:
+    def guided(self) -> GuidedDecoding | None:
+        """The body's constraint; `tool_choice` "required" or a named function is one too (the JSON
+        schema of tool_calls.forced_tool_call_schema), and cannot be combined with another. Checked
+        here because SamplingParams, built while the body is validated, takes the constraint."""
+        self._check_tool_choice()
+        forced = self.forced_tool_call()
+        constraint = super().guided()
+        if forced is None or constraint is None:
+            return forced or constraint
+        raise InvalidParameter(f"tool_choice {self._choice_words()} constrains the output to the call, so it "
+                               f"cannot be combined with {self._asked()[0]}", "tool_choice")
+
+    def _check_tool_choice(self) -> None:
         choice = self.tool_choice
         if choice is None:
-            return self
+            return
         if not self.tools:
             raise InvalidParameter("tool_choice is only allowed when tools are specified", "tool_choice")
         if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in self.tools}:
             raise InvalidParameter(f"tool_choice names the function {choice.function.name!r}, which is not among "
                                    "the tools", "tool_choice")
-        if choice == "required" or isinstance(choice, NamedToolChoice):
-            # Forcing a call needs the structured-output engine (tool_calls.forced_tool_call_schema).
-            kind = "'required'" if choice == "required" else "naming a function"
-            raise InvalidParameter(f"tool_choice {kind} is not supported yet; use 'auto' or 'none'", "tool_choice")
-        return self
+
+    def _choice_words(self) -> str:
+        return "'required'" if self.forced_function is None else f"naming {self.forced_function!r}"
+
+    @property
+    def forces_a_call(self) -> bool:
+        return self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
+
+    @property
+    def forced_function(self) -> str | None:
+        """The function a named tool_choice forces; None otherwise."""
+        return self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+
+    def forced_tool_call(self) -> GuidedDecoding | None:
+        """The JSON schema a forced call is generated under; None when no call is forced."""
+        if not self.forces_a_call or not self.tools:
+            return None
+        tools = [tool.model_dump(exclude_none=True) for tool in self.tools]
+        choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
+        schema = forced_tool_call_schema(tools, choice, self.parallel_tool_calls)  # type: ignore[arg-type]
+        return GuidedDecoding(json=schema, param="tools")
 
     @property
     def effective_tool_choice(self) -> str:
-        """"auto" or "none": OpenAI's default is "auto" when there are tools."""
+        """"auto", "none", "required" or "function" (named); OpenAI's default is "auto" when there are tools."""
         if self.tool_choice is None:
             return "auto" if self.tools else "none"
         return self.tool_choice if isinstance(self.tool_choice, str) else "function"
@@ -301,8 +351,8 @@ class ChatCompletionRequest(_SamplingFields):
             return None
         return [tool.model_dump(exclude_none=True) for tool in self.tools]
 
-    def _limits(self) -> tuple[int | None, int | None]:
-        return self.requested_max_tokens, self.num_logprobs
+    def _limits(self) -> tuple[int | None, int | None, int | None]:
+        return self.requested_max_tokens, self.num_logprobs, self._checked_prompt_logprobs()
 
     @property
     def requested_max_tokens(self) -> int | None:

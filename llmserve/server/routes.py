@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 import llmserve
 from llmserve.server.chat import create_chat_completion
 from llmserve.server.completions import create_completion
+from llmserve.server.embeddings import EmbeddingRequest, create_embedding
 from llmserve.server.errors import APIError, from_validation_error, parse_json
 from llmserve.server.protocol import ChatCompletionRequest, CompletionRequest, body_schemas
 from llmserve.server.serving import RequestContext
@@ -49,8 +50,8 @@ router = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 # vLLM serves the tokenizer at the root, not under /v1; the key guards it all the same.
 tokenizer_routes = APIRouter(dependencies=[Depends(require_api_key)])
-DOCUMENTED_BODIES = (CompletionRequest, ChatCompletionRequest, TokenizeCompletionRequest, TokenizeChatRequest,
-                     DetokenizeRequest)
+DOCUMENTED_BODIES = (CompletionRequest, ChatCompletionRequest, EmbeddingRequest, TokenizeCompletionRequest,
+                     TokenizeChatRequest, DetokenizeRequest)
 
 
 @router.get("/health")
@@ -119,6 +120,12 @@ async def completions(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     serving, body, ctx = await _accept(request, ChatCompletionRequest)
     return await create_chat_completion(serving, body, ctx)
+
+
+@v1.post("/embeddings", openapi_extra=_documented_body(EmbeddingRequest))
+async def embeddings(request: Request) -> Response:
+    serving, body, ctx = await _accept(request, EmbeddingRequest)
+    return await create_embedding(serving, body, ctx)
 
 
 @tokenizer_routes.post("/tokenize", openapi_extra=_documented_body(TokenizeCompletionRequest, TokenizeChatRequest))

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from llmserve.engine.async_engine import AsyncEngine
     from llmserve.engine.engine import PreparedRequest, Prompt
     from llmserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogprobs
+    from llmserve.pooling_params import PoolingParams
     from llmserve.sampling_params import SamplingParams
     from llmserve.server.shedding import LoadShedder
 
@@ -120,27 +121,29 @@ class Serving:
             raise APIError(404, f"the model {requested!r} does not exist; this server serves {self.model_name!r}",
                            param="model", code="model_not_found")
 
-    async def queue_prompts(self, request_id: str, prompts: Iterable[Prompt], params: SamplingParams,
-                            rank: int) -> list[QueuedPrompt]:
+    async def queue_prompts(self, request_id: str, prompts: Iterable[Prompt], params: SamplingParams | PoolingParams,
+                            rank: int, field: str = "prompt") -> list[QueuedPrompt]:
         """Tokenize and validate every prompt before any reaches the engine (all or nothing), on a
         worker thread: a long prompt must not stall every other request's event loop. The class is
         checked before (no tokenizer spent on a request that would be refused) and again after, with
         no await between that check and the queue entry, so a burst cannot overfill the queue."""
         self.check_class(rank)
-        prepared = await self.off_loop(self._tokenized, request_id, list(prompts), params, rank)
+        prepared = await self.off_loop(self._tokenized, request_id, list(prompts), params, rank, field)
         self.check_open()
         self.check_class(rank)
         # n sequences each compute the prompt: all of it is work ahead of whoever queues next.
-        return [QueuedPrompt(p, self.shedder.enter(rank, len(p.prompt_token_ids) * p.params.n)) for p in prepared]
+        return [QueuedPrompt(p, self.shedder.enter(rank, len(p.prompt_token_ids) * _copies(p.params)))
+                for p in prepared]
 
-    def _tokenized(self, request_id: str, prompts: list[Prompt], params: SamplingParams,
-                   rank: int) -> list[PreparedRequest]:
+    def _tokenized(self, request_id: str, prompts: list[Prompt], params: SamplingParams | PoolingParams,
+                   rank: int, field: str) -> list[PreparedRequest]:
+        """`field`: the body's name for the prompts, which a prompt's error names."""
         prepared = []
         for index, prompt in enumerate(prompts):
             try:
                 prepared.append(self.engine.prepare(f"{request_id}-{index}", prompt, params, rank))
             except ValueError as exc:
-                raise bad_request(str(exc), getattr(exc, "param", "prompt")) from None  # InvalidParameter names it
+                raise bad_request(str(exc), getattr(exc, "param", field)) from None  # InvalidParameter names it
         return prepared
 
     async def off_loop(self, function: Callable[..., T], *args: Any) -> T:
@@ -155,7 +158,7 @@ class Serving:
             self.metrics.record_shed(self.shedder.classes[rank].name, shed.reason)
             raise
 
-    def cache_use(self, endpoint: str, body: Any, params: SamplingParams, prompts: list[Any],
+    def cache_use(self, endpoint: str, body: Any, params: SamplingParams | PoolingParams, prompts: list[Any],
                   ctx: RequestContext) -> CacheUse:
         if self.responses is None:
             return NO_CACHE
@@ -227,6 +230,15 @@ class Serving:
 
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False) if self.tokenizer else str(token_id)
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Token ids as text, special tokens kept (a model without a tokenizer has no text: "")."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=False) if self.tokenizer else ""
+
+
+def _copies(params: SamplingParams | PoolingParams) -> int:
+    """How many sequences compute the prompt: n for generation, one for pooling."""
+    return getattr(params, "n", 1)
 
 
 def shutting_down() -> APIError:

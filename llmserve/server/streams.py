@@ -43,7 +43,10 @@ class _Progress:
 
     def saw(self, output: RequestOutput, now: float, gaps: list[float]) -> None:
         self.last = output
-        if not any(o.delta_token_ids for o in output.outputs):
+        # A request that generates nothing (pooling, max_tokens 0) is served once its prompt is computed.
+        prompt_only = output.finished and not output.error and self.first_token is None and all(
+            o.finish_reason == "length" and not o.token_ids for o in output.outputs)
+        if not (prompt_only or any(o.delta_token_ids for o in output.outputs)):
             return
         if self.first_token is None:
             self.first_token = now

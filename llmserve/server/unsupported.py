@@ -87,12 +87,13 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
                 "tokens; send token ids to control them exactly", _is(True)),
     Unsupported("add_special_tokens", (CHAT,), "the chat template writes the special tokens itself",
                 _is(False)),
+    Unsupported("echo", (CHAT,), "echoing the last message into the reply is not implemented (completions "
+                "honour echo)"),
     Unsupported("continue_final_message", TEMPLATE, "continuing the final message is not implemented"),
     Unsupported("chat_template", TEMPLATE, "a per-request chat template is not accepted"),
     Unsupported("chat_template_kwargs", TEMPLATE, "extra chat template variables are not accepted"),
     Unsupported("documents", TEMPLATE, "documents for the chat template are not accepted"),
     Unsupported("tools", (TOKENIZE_CHAT,), "tools are rendered by chat completions only"),
-    Unsupported("prompt_logprobs", BOTH, "prompt logprobs are not implemented yet"),
     Unsupported("guided_decoding_backend", BOTH, "structured outputs always use xgrammar", _is("xgrammar")),
     Unsupported("guided_whitespace_pattern", BOTH, "JSON is generated without free whitespace"),
 )

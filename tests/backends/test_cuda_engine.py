@@ -79,3 +79,38 @@ def test_the_kv_pool_is_sized_from_the_gpu(tiny):
     cfg = load_model(str(folder), torch.bfloat16, 512, device="cuda").config
     per_block = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 16 * 2
     assert extra_blocks * per_block > 0.15 * total
+
+
+def test_prompt_logprobs_and_embeddings_on_cuda_beside_graph_decodes(tiny):
+    """Chunked prompts with prompt logprobs and pooling among decodes that replay CUDA graphs."""
+    import transformers
+
+    from llmserve import PoolingParams
+
+    folder, hf_model = tiny
+    llm = LLM(str(folder), device="cuda", dtype="float32", num_kv_blocks=128, max_model_len=512,
+              max_num_batched_tokens=16)
+    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    alone = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy)]
+    asked = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, prompt_logprobs=3)
+    engine = llm.engine
+    for i, p in enumerate(PROMPTS):
+        engine.add_request(f"gen{i}", p, greedy)
+        engine.add_request(f"lp{i}", p, asked)
+        engine.add_request(f"emb{i}", p, PoolingParams())
+    done = {}
+    while engine.has_unfinished_requests():
+        done.update({o.request_id: o for o in engine.step() if o.finished})
+    base = transformers.AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    for i, ids in enumerate(PROMPTS):
+        assert done[f"gen{i}"].outputs[0].token_ids == alone[i] == done[f"lp{i}"].outputs[0].token_ids
+        with torch.no_grad():
+            logprobs = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+            mean = base(torch.tensor([ids])).last_hidden_state[0].mean(dim=0)
+        got = done[f"lp{i}"].prompt_logprobs
+        assert got[0] is None and len(got) == len(ids)
+        expected = logprobs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+        torch.testing.assert_close(torch.tensor([e.logprob for e in got[1:]]), expected, atol=2e-4, rtol=2e-4)
+        torch.testing.assert_close(torch.tensor(done[f"emb{i}"].embedding),
+                                   torch.nn.functional.normalize(mean, dim=0), atol=2e-4, rtol=2e-4)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from llmserve import SamplingParams
+from llmserve import PoolingParams, SamplingParams
 from llmserve.engine.async_engine import AsyncEngine
 from tests.timing import PATIENCE_S
 from tests.tiny_models import save_tiny_model
@@ -43,6 +43,24 @@ def test_concurrent_streams_complete_with_all_tokens(engine):
         assert len(final.token_ids) == 12
         deltas = [t for o in outs for t in o.outputs[0].delta_token_ids]
         assert deltas == final.token_ids
+    assert engine.engine.block_manager.num_free_blocks == NUM_BLOCKS
+
+
+def test_streams_of_prompt_logprobs_embeddings_and_max_tokens_zero(engine):
+    prompt = {"prompt_token_ids": [5, 9, 11, 13, 17, 19]}
+
+    async def main():
+        return await asyncio.gather(
+            _collect(engine, "lp", prompt, SamplingParams(temperature=0, max_tokens=3, prompt_logprobs=1)),
+            _collect(engine, "emb", prompt, PoolingParams()),
+            _collect(engine, "zero", prompt, SamplingParams(max_tokens=0)))
+
+    logprobs, embedding, zero = asyncio.run(main())
+    assert [e and e.token_id for e in logprobs[0].prompt_logprobs] == [None, 9, 11, 13, 17, 19]
+    assert all(o.prompt_logprobs is logprobs[0].prompt_logprobs for o in logprobs)
+    assert len(embedding) == 1 and embedding[0].finished and len(embedding[0].embedding) == 64
+    assert embedding[0].outputs[0].token_ids == [] and embedding[0].outputs[0].finish_reason == "length"
+    assert zero[-1].finished and zero[-1].outputs[0].token_ids == [] and zero[-1].embedding is None
     assert engine.engine.block_manager.num_free_blocks == NUM_BLOCKS
 
 

@@ -37,7 +37,7 @@ def test_bad_prompts_raise_clear_errors(llm, prompt, message):
 
 @pytest.mark.parametrize("kwargs, field", [
     ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
-    ({"max_tokens": 0}, "max_tokens"), ({"n": 0}, "n"), ({"top_k": -5}, "top_k"),
+    ({"max_tokens": -1}, "max_tokens"), ({"n": 0}, "n"), ({"top_k": -5}, "top_k"),
     ({"logprobs": -1}, "logprobs"), ({"min_p": 2.0}, "min_p"),
 ])
 def test_invalid_sampling_values_are_rejected(kwargs, field):

@@ -48,7 +48,7 @@ def snapshot(name: str, running: int) -> ReplicaSnapshot:
 
 
 FACTS = EngineFacts(tokenizer=None, service_classes=DEFAULT_SERVICE_CLASSES, scheduling_policy="classes",
-                    model_identity="stand-in", max_model_len=512, vocab_size=256, eos_token_ids=(2,),
+                    model_identity="stand-in", max_model_len=512, vocab_size=256, hidden_size=64, eos_token_ids=(2,),
                     pool_tokens=4096, block_size=16, prefix_root=None)
 
 

@@ -4,6 +4,8 @@ import pytest
 
 from llmserve.engine.async_engine import AsyncEngine
 from llmserve.server.app import ServerConfig
+from tests.server.fp32_server import Reference
+from tests.server.fp32_server import fp32_engine as fp32_engine_for
 from tests.server.live_server import MODEL_NAME, live_server
 from tests.timing import classes_without_targets
 from tests.tiny_models import save_tiny_chat_model
@@ -34,3 +36,22 @@ def engine(chat_model_path):
 def server(engine):
     with live_server(engine, ServerConfig(served_model_name=MODEL_NAME)) as live:
         yield live
+
+
+@pytest.fixture(scope="session")
+def fp32_engine(chat_model_path):
+    """The tiny chat model in float32: its numbers can be held to transformers' within 1e-4."""
+    eng = fp32_engine_for(chat_model_path)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fp32_server(fp32_engine):
+    with live_server(fp32_engine, ServerConfig(served_model_name=MODEL_NAME)) as live:
+        yield live
+
+
+@pytest.fixture(scope="session")
+def reference(chat_model_path):
+    return Reference(chat_model_path)

@@ -63,13 +63,14 @@ SAMPLING = {
     "user": TEXT,
     "priority": st.one_of(st.none(), st.integers(0, 2), st.sampled_from(["p0", "1"])),
     "cache": st.booleans(),
+    "prompt_logprobs": st.integers(0, 20),
     "an_unknown_field": JUNK,
 }
 TOKEN_IDS = st.lists(st.integers(0, 300), min_size=1, max_size=6)
 PROMPT = st.one_of(TEXT, st.lists(TEXT, min_size=1, max_size=2), TOKEN_IDS, st.lists(TOKEN_IDS, min_size=1, max_size=2))
 COMPLETION = st.fixed_dictionaries(
     {"prompt": PROMPT, "max_tokens": MAX_TOKENS},
-    optional={**SAMPLING, "logprobs": st.integers(0, 20), "echo": st.just(False)})
+    optional={**SAMPLING, "logprobs": st.integers(0, 20), "echo": st.booleans()})
 
 ROLE = st.sampled_from(["system", "developer", "user", "assistant"])
 PARTS = st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}), max_size=3)
@@ -124,7 +125,14 @@ def bodies(valid: st.SearchStrategy, fields: list[str]) -> st.SearchStrategy:
     return st.one_of(text.map(str.encode), st.binary(max_size=20))
 
 
+EMBEDDING = st.fixed_dictionaries(
+    {"input": PROMPT},
+    optional={"model": st.just(MODEL_NAME), "encoding_format": st.sampled_from(["float", "base64"]),
+              "dimensions": st.just(64), "user": TEXT, "priority": SAMPLING["priority"], "cache": st.booleans(),
+              "an_unknown_field": JUNK})
+
 COMPLETION_FIELDS = ["prompt", "max_tokens", "logprobs", "echo", *SAMPLING]
+EMBEDDING_FIELDS = ["input", "encoding_format", "dimensions", "user", "priority"]
 CHAT_FIELDS = ["messages", "messages.0.role", "messages.0.content", "max_tokens", "max_completion_tokens",
                "logprobs", "top_logprobs", *SAMPLING]
 
@@ -145,7 +153,7 @@ def check(resp: httpx.Response, raw: bytes) -> None:
         for event in events[:-1]:
             assert "error" not in json.loads(event), f"an error in a 200 stream for {raw[:500]!r}: {event}"
     else:
-        assert resp.json()["choices"]
+        assert resp.json().get("choices") or resp.json()["data"]
 
 
 def post(client: httpx.Client, path: str, raw: bytes) -> None:
@@ -162,6 +170,12 @@ def test_completions_never_5xx(client, raw):
 @given(raw=bodies(CHAT, CHAT_FIELDS))
 def test_chat_completions_never_5xx(client, raw):
     post(client, "/chat/completions", raw)
+
+
+@settings(SETTINGS, max_examples=max(1, EXAMPLES // 5))  # a smaller body: fewer shapes to try
+@given(raw=bodies(EMBEDDING, EMBEDDING_FIELDS))
+def test_embeddings_never_5xx(client, raw):
+    post(client, "/embeddings", raw)
 
 
 def test_the_server_still_serves_after_the_fuzzing(client, server):

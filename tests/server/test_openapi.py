@@ -65,3 +65,10 @@ def test_schemathesis_finds_both_bodies(document):
     for path in ("/v1/completions", "/v1/chat/completions"):
         operation = schema[path]["POST"]
         assert [b.media_type for b in operation.body] == ["application/json"]
+
+
+def test_the_embeddings_body_is_declared(document):
+    body = document["paths"]["/v1/embeddings"]["post"]["requestBody"]
+    schema = _resolve(document, body["content"]["application/json"]["schema"]["$ref"])
+    assert set(schema["required"]) == {"input"}
+    assert {"model", "input", "encoding_format", "dimensions", "user", "priority", "cache"} <= set(schema["properties"])

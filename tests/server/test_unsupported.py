@@ -25,7 +25,7 @@ REFUSED = {
     COMPLETIONS: {"logit_bias": {"50": 5}, "best_of": 3, "suffix": " end", "use_beam_search": True,
                   "length_penalty": 0.5, "allowed_token_ids": [1, 2], "bad_words": ["no"],
                   "logits_processors": ["x"], "truncate_prompt_tokens": 8, "return_tokens_as_token_ids": True,
-                  "add_special_tokens": False, "prompt_logprobs": 1, "guided_decoding_backend": "outlines",
+                  "add_special_tokens": False, "guided_decoding_backend": "outlines",
                   "guided_whitespace_pattern": " *"},
     CHAT: {"logit_bias": {"50": -100}, "functions": [{"name": "f", "parameters": {}}], "function_call": "auto",
            "audio": {"voice": "alloy", "format": "wav"}, "modalities": ["text", "audio"],
@@ -36,7 +36,7 @@ REFUSED = {
            "logits_processors": ["x"], "truncate_prompt_tokens": 8, "return_tokens_as_token_ids": True,
            "add_special_tokens": True, "continue_final_message": True, "chat_template": "{{ messages }}",
            "chat_template_kwargs": {"enable_thinking": False}, "documents": [{"text": "d"}],
-           "prompt_logprobs": 1, "guided_decoding_backend": "outlines", "guided_whitespace_pattern": " *"},
+           "guided_decoding_backend": "outlines", "guided_whitespace_pattern": " *", "echo": True},
 }
 # Values that ask for nothing: a client sending its full default parameter set keeps working.
 ACCEPTED = {
@@ -44,7 +44,7 @@ ACCEPTED = {
                   "bad_words": [], "add_special_tokens": True, "user": "someone"},
     CHAT: {"logit_bias": None, "functions": None, "modalities": ["text"], "store": False, "metadata": {},
            "service_tier": "auto", "reasoning_effort": None, "continue_final_message": False,
-           "add_special_tokens": False, "chat_template_kwargs": {}, "user": "someone",
+           "add_special_tokens": False, "chat_template_kwargs": {}, "user": "someone", "echo": False,
            "safety_identifier": "hash", "prompt_cache_key": "k", "some_future_field": 1},
 }
 
