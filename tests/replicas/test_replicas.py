@@ -117,6 +117,18 @@ def test_requests_sharing_a_prefix_land_on_one_replica(replicated: Replicated):
     assert hits - before[1] >= 5 and misses == before[2]
 
 
+def test_embeddings_and_prompt_logprobs_come_back_from_a_replica(replicated: Replicated):
+    body = {"model": MODEL_NAME, "input": ["a first sentence", "and a second one"]}
+    response = httpx.post(replicated.base_url + "/embeddings", json=body, timeout=TIMEOUT)
+    assert response.status_code == 200
+    assert set(response.headers["x-replica"].split(",")) <= set(replicated.engine.stats())
+    data = response.json()["data"]
+    assert [d["index"] for d in data] == [0, 1] and all(len(d["embedding"]) == 64 for d in data)  # hidden size
+    answer = complete(replicated.url, "Logprobs of the prompt, please", max_tokens=2, prompt_logprobs=1).json()
+    entries = answer["choices"][0]["prompt_logprobs"]
+    assert entries[0] is None and len(entries) == answer["usage"]["prompt_tokens"]
+
+
 def test_a_bad_request_is_refused_at_the_front(replicated: Replicated):
     before = sum(replicated.counters.snapshot()[0].values())
     response = complete(replicated.url, "word " * 600)
