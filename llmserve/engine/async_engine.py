@@ -115,7 +115,16 @@ class AsyncEngine:
         cache = blocks.prefix_cache.stats if blocks.prefix_cache is not None else PrefixCacheStats()
         return EngineStats(num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
                            kv_cache_usage=blocks.usage, prefix_cache_queries=cache.queries,
-                           prefix_cache_hits=cache.hits)
+                           prefix_cache_hits=cache.hits, steps=self.engine.steps.snapshot(),
+                           weight_bytes_per_step=self.engine.weight_bytes_per_step,
+                           cache_config=self.engine.cache_config_info())
+
+    def measure_copy_bandwidth(self) -> float:
+        """The engine device's memory bandwidth in bytes per second, measured by a copy (a few
+        tens of milliseconds); run it while the engine is idle, or it measures contention too."""
+        from llmserve.devices import measure_copy_bandwidth
+
+        return measure_copy_bandwidth(self.engine.device)
 
     def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams | None = None,
                 priority: int | str | None = None) -> PreparedRequest:

@@ -60,7 +60,7 @@ async def health(request: Request) -> Response:
     # A replicated server's engine reports its live replicas: {"replicas": N}.
     report = getattr(state.engine, "health_report", None)
     detail = report() if report is not None else {}
-    if state.ready and state.engine is not None and state.engine.is_alive:
+    if state.healthy:
         return JSONResponse({"status": "ok", **detail}) if detail else Response(status_code=200)
     reason = state.load_error or ("the engine has stopped" if state.ready else "the model is loading")
     return JSONResponse({"status": "unavailable", "reason": reason, **detail}, status_code=503)
