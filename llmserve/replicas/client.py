@@ -123,6 +123,11 @@ class ReplicaEngine:
             return {"replicas": len(poll.stats)}
         return {"replicas": 0, "reason": "no engine replica is answering"}
 
+    def measure_copy_bandwidth(self) -> float:
+        """One replica's device bandwidth (the replicas run alike), measured there; blocks: the server
+        calls it on a worker thread once the replicas are up."""
+        return self.handle.measure_copy_bandwidth.remote().result(timeout_s=120)
+
     def stats(self) -> dict[str, EngineStats]:
         """Each live replica's gauges, as of the last poll: the metrics label them by replica."""
         return dict(self._poll.stats)

@@ -65,6 +65,10 @@ class EngineReplica:
         async for output in self.engine.stream(prepared):
             yield output
 
+    def measure_copy_bandwidth(self) -> float:
+        """This replica's device memory bandwidth (bytes/s), for the front's bandwidth-utilisation gauge."""
+        return self.engine.measure_copy_bandwidth()
+
     def check_health(self) -> None:
         """Ray Serve calls this periodically; raising makes it replace the replica."""
         if not self.engine.is_alive:

@@ -59,7 +59,8 @@ def test_health_and_metrics_follow_the_live_replicas(caplog):
     engine = ReplicaEngine(handle, FACTS, counters, poll_interval_s=0.02)
     caplog.set_level(logging.INFO, logger="llmserve.replicas")
     try:
-        with live_server(None, ServerConfig(served_model_name="m", warmup=False), factory=lambda: engine) as live:
+        with live_server(None, ServerConfig(served_model_name="m", warmup=False, memory_bandwidth=1e10),
+                         factory=lambda: engine) as live:
             live.state.metrics.registry.register(RoutingMetrics("m", counters))
             assert wait_until(lambda: httpx.get(live.url + "/health", timeout=30).json().get("replicas") == 2)
             values = scrape(live.url)
