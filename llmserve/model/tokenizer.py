@@ -45,6 +45,11 @@ class Tokenizer:
         self.all_special_ids: list[int] = sorted(special)
         self._templates: dict[str, jinja2.Template] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its compiled templates (jinja's do not pickle), which compile again on use:
+        a replicated server's replicas send their tokenizer to the front."""
+        return {**self.__dict__, "_templates": {}}
+
     # --- construction -----------------------------------------------------------------------
 
     @classmethod

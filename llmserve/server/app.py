@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -81,7 +81,8 @@ class ServerState:
     def response_cache_stats(self) -> ResponseCacheStats | None:
         return self.response_cache.stats if self.response_cache is not None else None
 
-    def engine_stats(self) -> EngineStats | None:
+    def engine_stats(self) -> EngineStats | Mapping[str, EngineStats] | None:
+        """One EngineStats, or one per replica for a replicated server's engine."""
         return self.engine.stats() if self.engine is not None else None
 
     def queue_stats(self) -> list[tuple[str, int, float]]:

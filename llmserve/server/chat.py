@@ -61,10 +61,11 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
         return cached
     prepared = await serving.queue_prompts(request_id, [prompt], params, ctx.rank)
     log.prompt_tokens = len(prepared[0].prepared.prompt_token_ids)
+    placed = await serving.place(prepared)
     shape = _Shape(serving, request_id, created)
     if body.stream:
         events = _stream(serving, shape, prepared, ctx.received, body, log, parser)
-        return serving.reply_stream(cache, events, log)
+        return serving.reply_stream(cache, events, log, placed)
     (final,) = await serving.final_outputs(prepared, ctx, log)
     choices = [_choice(shape, out, body, parser) for out in final.outputs]
     log.count(final)
@@ -72,7 +73,7 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
     reply = {**shape.header("chat.completion"), "choices": choices, "usage": log.usage()}
     if body.prompt_logprobs is not None:  # vLLM's place for them: the response's, as chat has one prompt
         reply["prompt_logprobs"] = vllm_prompt_logprobs(prompt_entries(final), serving.token_text)
-    return await serving.reply(cache, reply)
+    return await serving.reply(cache, reply, placed)
 
 
 def _choice(shape: _Shape, out: CompletionOutput, body: ChatCompletionRequest,

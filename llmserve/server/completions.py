@@ -45,16 +45,17 @@ async def create_completion(serving: Serving, body: CompletionRequest, ctx: Requ
     prepared = await serving.queue_prompts(request_id, prompts, params, ctx.rank)
     log.prompt_tokens = sum(len(q.prepared.prompt_token_ids) for q in prepared)
     echoes = await serving.off_loop(_echo_texts, serving, prepared) if body.echo else None
+    placed = await serving.place(prepared)
     shape = _Shape(serving, request_id, created, body, echoes)
     if body.stream:
         return serving.reply_stream(cache, _stream(serving, shape, prepared, ctx.received, body.include_usage, log),
-                                    log)
+                                    log, placed)
     finals = await serving.final_outputs(prepared, ctx, log)
     choices = [shape.choice(i, final, out) for i, final in enumerate(finals) for out in final.outputs]
     for final in finals:
         log.count(final)
     log.emit()
-    return await serving.reply(cache, {**shape.header(), "choices": choices, "usage": log.usage()})
+    return await serving.reply(cache, {**shape.header(), "choices": choices, "usage": log.usage()}, placed)
 
 
 def _echo_texts(serving: Serving, prepared: list[QueuedPrompt]) -> list[str]:

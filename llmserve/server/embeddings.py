@@ -70,13 +70,14 @@ async def create_embedding(serving: Serving, body: EmbeddingRequest, ctx: Reques
     prompts = [{"prompt_token_ids": p} if isinstance(p, list) else p for p in inputs]
     prepared = await serving.queue_prompts(request_id, prompts, params, ctx.rank, "input")
     log.prompt_tokens = sum(len(q.prepared.prompt_token_ids) for q in prepared)
+    placed = await serving.place(prepared)
     finals = await serving.final_outputs(prepared, ctx, log)
     log.emit()
     data = [{"object": "embedding", "index": i, "embedding": _encoded(_embedding(final), body.encoding_format)}
             for i, final in enumerate(finals)]
     reply = {"id": request_id, "object": "list", "created": created, "model": serving.model_name, "data": data,
              "usage": {"prompt_tokens": log.prompt_tokens, "total_tokens": log.prompt_tokens}}
-    return await serving.reply(cache, reply)
+    return await serving.reply(cache, reply, placed)
 
 
 def _embedding(final: RequestOutput) -> list[float]:

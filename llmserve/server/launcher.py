@@ -14,10 +14,11 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import uvicorn
+from fastapi import FastAPI
 
 from llmserve.server.app import EngineFactory, ServerConfig, ServerState, build_app
 
@@ -63,7 +64,9 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def run_server(config: ServerConfig, log_level: str = "info", engine_factory: EngineFactory | None = None) -> int:
+def run_server(config: ServerConfig, log_level: str = "info", engine_factory: EngineFactory | None = None,
+               prepare_app: Callable[[FastAPI], None] | None = None) -> int:
+    """`prepare_app` adds to the app before it serves (the replica front's routing metrics)."""
     failed = threading.Event()
     server: GracefulServer | None = None
 
@@ -73,6 +76,8 @@ def run_server(config: ServerConfig, log_level: str = "info", engine_factory: En
             server.should_exit = True
 
     app = build_app(config, engine_factory, on_load_failure=on_load_failure)
+    if prepare_app is not None:
+        prepare_app(app)
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level.lower(),
                                access_log=False,  # each request gets our own line, with its token counts
                                timeout_graceful_shutdown=config.shutdown_timeout + CUT_OFF_GRACE_S, lifespan="on")

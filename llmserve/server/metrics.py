@@ -6,7 +6,7 @@ read at scrape time so they are never stale. Each server owns its registry: no m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -45,30 +45,44 @@ class RequestRecord:
     service_class: ServiceClass | None = None
 
 
+EngineStatsSource = Callable[[], "EngineStats | Mapping[str, EngineStats] | None"]
+
+
 class _EngineGauges(Collector):
-    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None]) -> None:
+    """The engine's gauges; a replicated server's engine reports one EngineStats per replica, and
+    each then carries a `replica` label."""
+
+    def __init__(self, model_name: str, stats: EngineStatsSource) -> None:
         self.model_name = model_name
         self.stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        stats = self.stats() or EngineStats(0, 0, 0.0)
-        queries, hits = stats.prefix_cache_queries, stats.prefix_cache_hits
+        stats = self.stats()
+        if isinstance(stats, Mapping):
+            labels = ["model_name", "replica"]
+            series = [([self.model_name, replica], s) for replica, s in sorted(stats.items())]
+        else:
+            labels = ["model_name"]
+            series = [([self.model_name], stats or EngineStats(0, 0, 0.0))]
         for name, doc, value in (
-            ("num_requests_running", "Requests in the running batch.", stats.num_running),
-            ("num_requests_waiting", "Requests waiting to be scheduled.", stats.num_waiting),
-            ("kv_cache_usage_perc", "Fraction of KV cache blocks in use (1 = full).", stats.kv_cache_usage),
+            ("num_requests_running", "Requests in the running batch.", lambda s: s.num_running),
+            ("num_requests_waiting", "Requests waiting to be scheduled.", lambda s: s.num_waiting),
+            ("kv_cache_usage_perc", "Fraction of KV cache blocks in use (1 = full).", lambda s: s.kv_cache_usage),
             ("prefix_cache_hit_rate", "Prompt tokens found in the prefix cache over those looked up, since start.",
-             hits / queries if queries else 0.0),
+             lambda s: s.prefix_cache_hits / s.prefix_cache_queries if s.prefix_cache_queries else 0.0),
         ):
-            gauge = GaugeMetricFamily(PREFIX + name, doc, labels=["model_name"])
-            gauge.add_metric([self.model_name], float(value))
+            gauge = GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+            for label_values, s in series:
+                gauge.add_metric(label_values, float(value(s)))
             yield gauge
         for name, doc, value in (
-            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", queries),
-            ("prefix_cache_hits", "Prompt tokens whose KV was found in the prefix cache.", hits),
+            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", lambda s: s.prefix_cache_queries),
+            ("prefix_cache_hits", "Prompt tokens whose KV was found in the prefix cache.",
+             lambda s: s.prefix_cache_hits),
         ):
-            counter = CounterMetricFamily(PREFIX + name, doc, labels=["model_name"])
-            counter.add_metric([self.model_name], float(value))
+            counter = CounterMetricFamily(PREFIX + name, doc, labels=labels)
+            for label_values, s in series:
+                counter.add_metric(label_values, float(value(s)))
             yield counter
 
 
@@ -122,7 +136,7 @@ class _ResponseCacheMetrics(Collector):
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None],
+    def __init__(self, model_name: str, stats: EngineStatsSource,
                  queue: Callable[[], list[tuple[str, int, float]]] = list,
                  response_cache: Callable[[], ResponseCacheStats | None] = lambda: None,
                  bandwidth: Callable[[], float | None] = lambda: None, healthy: Callable[[], bool] = lambda: True,

@@ -57,10 +57,13 @@ DOCUMENTED_BODIES = (CompletionRequest, ChatCompletionRequest, EmbeddingRequest,
 @router.get("/health")
 async def health(request: Request) -> Response:
     state = server_state(request)
+    # A replicated server's engine reports its live replicas: {"replicas": N}.
+    report = getattr(state.engine, "health_report", None)
+    detail = report() if report is not None else {}
     if state.healthy:
-        return Response(status_code=200)
+        return JSONResponse({"status": "ok", **detail}) if detail else Response(status_code=200)
     reason = state.load_error or ("the engine has stopped" if state.ready else "the model is loading")
-    return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+    return JSONResponse({"status": "unavailable", "reason": reason, **detail}, status_code=503)
 
 
 @router.get("/version")

@@ -178,17 +178,25 @@ class Serving:
         log.emit()
         return JSONResponse(body, headers=headers)
 
-    async def reply(self, use: CacheUse, body: dict[str, Any]) -> JSONResponse:
+    async def place(self, queued: list[QueuedPrompt]) -> dict[str, str]:
+        """Headers naming where these engine requests run. A replicated server's engine routes them
+        now, before any response starts, so that a stream's headers can name its replica too; an
+        in-process engine has nothing to say."""
+        place = getattr(self.engine, "place", None)
+        return {} if place is None else await place([q.prepared for q in queued])
+
+    async def reply(self, use: CacheUse, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
         if self.responses is not None:
             await self.responses.store_body(use, body)
-        return JSONResponse(body, headers=use.headers() if self.responses is not None else None)
+            headers = {**use.headers(), **(headers or {})}
+        return JSONResponse(body, headers=headers or None)
 
-    def reply_stream(self, use: CacheUse, events: AsyncIterator[dict[str, Any]], log: RequestLog) -> StreamingResponse:
-        headers = None
+    def reply_stream(self, use: CacheUse, events: AsyncIterator[dict[str, Any]], log: RequestLog,
+                     headers: dict[str, str] | None = None) -> StreamingResponse:
         if self.responses is not None:
             events = self.responses.recorded(use, events)
-            headers = use.headers()
-        return StreamingResponse(sse_events(events, log), media_type="text/event-stream", headers=headers)
+            headers = {**use.headers(), **(headers or {})}
+        return StreamingResponse(sse_events(events, log), media_type="text/event-stream", headers=headers or None)
 
     def streams(self, queued: list[QueuedPrompt], received: float) -> AsyncIterator[tuple[int, RequestOutput]]:
         self.check_open()  # cut off between prepare() and the stream's start

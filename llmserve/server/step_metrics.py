@@ -7,7 +7,7 @@ Names follow vLLM where it has one: `iteration_tokens_total` (a histogram despit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -31,8 +31,10 @@ def histogram_samples(counts: dict[int, int], bounds: tuple[int, ...]) -> tuple[
 class StepMetrics(Collector):
     """`bandwidth()` is the device's memory bandwidth in bytes/s (measured or given), None if unknown."""
 
-    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None],
+    def __init__(self, model_name: str, stats: Callable[[], EngineStats | Mapping[str, EngineStats] | None],
                  bandwidth: Callable[[], float | None]) -> None:
+        """`stats` gives one EngineStats, or one per replica (a replicated server's engine): each
+        family then carries a `replica` label."""
         self.model_name = model_name
         self.stats = stats
         self.bandwidth = bandwidth
@@ -41,36 +43,45 @@ class StepMetrics(Collector):
         stats = self.stats()
         if stats is None:  # the engine is still loading: nothing to say about its steps yet
             return
-        labels = [self.model_name]
-        steps = stats.steps
+        if isinstance(stats, Mapping):
+            labels = ["model_name", "replica"]
+            series = [([self.model_name, replica], s) for replica, s in sorted(stats.items())]
+        else:
+            labels = ["model_name"]
+            series = [([self.model_name], stats)]
         for name, doc, counts, bounds in (
             ("iteration_tokens_total", "Tokens run through the model per engine step (prompt chunks and decodes).",
-             steps.tokens_per_step, TOKENS_PER_STEP_BUCKETS),
-            ("iteration_sequences", "Sequences in the batch per engine step.", steps.seqs_per_step,
+             lambda s: s.steps.tokens_per_step, TOKENS_PER_STEP_BUCKETS),
+            ("iteration_sequences", "Sequences in the batch per engine step.", lambda s: s.steps.seqs_per_step,
              SEQS_PER_STEP_BUCKETS),
         ):
-            histogram = HistogramMetricFamily(PREFIX + name, doc, labels=["model_name"])
-            buckets, total = histogram_samples(counts, bounds)
-            histogram.add_metric(labels, buckets, total)
+            histogram = HistogramMetricFamily(PREFIX + name, doc, labels=labels)
+            for values, s in series:
+                buckets, total = histogram_samples(counts(s), bounds)
+                histogram.add_metric(values, buckets, total)
             yield histogram
         preemptions = CounterMetricFamily(PREFIX + "num_preemptions", "Requests preempted (their KV freed, "
-                                          "recomputed later) for KV room or a higher class.", labels=["model_name"])
-        preemptions.add_metric(labels, float(steps.num_preemptions))
+                                          "recomputed later) for KV room or a higher class.", labels=labels)
+        for values, s in series:
+            preemptions.add_metric(values, float(s.steps.num_preemptions))
         yield preemptions
-        yield from self._info(stats)
-        yield from self._bandwidth(stats)
+        yield from self._info(labels, series)
+        yield from self._bandwidth(labels, series)
 
-    def _info(self, stats: EngineStats) -> Iterator[GaugeMetricFamily]:
-        keys = sorted(stats.cache_config)
+    def _info(self, labels: list[str], series: list[tuple[list[str], EngineStats]]) -> Iterator[GaugeMetricFamily]:
+        keys = sorted(series[0][1].cache_config) if series else []
         info = GaugeMetricFamily(PREFIX + "cache_config_info", "The KV cache's configuration (always 1).",
-                                 labels=["model_name", *keys])
-        info.add_metric([self.model_name, *(stats.cache_config[k] for k in keys)], 1.0)
+                                 labels=[*labels, *keys])
+        for values, s in series:
+            info.add_metric([*values, *(s.cache_config.get(k, "") for k in keys)], 1.0)
         yield info
 
-    def _bandwidth(self, stats: EngineStats) -> Iterator[GaugeMetricFamily]:
+    def _bandwidth(self, labels: list[str],
+                   series: list[tuple[list[str], EngineStats]]) -> Iterator[GaugeMetricFamily]:
         weights = GaugeMetricFamily(PREFIX + "model_weight_bytes", "Model-weight bytes one engine step reads.",
-                                    labels=["model_name"])
-        weights.add_metric([self.model_name], float(stats.weight_bytes_per_step))
+                                    labels=labels)
+        for values, s in series:
+            weights.add_metric(values, float(s.weight_bytes_per_step))
         yield weights
         bandwidth = self.bandwidth()
         if bandwidth is None:
@@ -80,9 +91,9 @@ class StepMetrics(Collector):
                                  labels=["model_name"])
         peak.add_metric([self.model_name], bandwidth)
         yield peak
-        read = stats.weight_bytes_per_step * stats.steps.recent_steps_per_second
         mbu = GaugeMetricFamily(PREFIX + "model_bandwidth_utilization",
                                 "Model-weight bytes read per second over the last 10 s, over the memory "
-                                "bandwidth (0-1; KV reads are not counted).", labels=["model_name"])
-        mbu.add_metric([self.model_name], read / bandwidth)
+                                "bandwidth (0-1; KV reads are not counted).", labels=labels)
+        for values, s in series:
+            mbu.add_metric(values, s.weight_bytes_per_step * s.steps.recent_steps_per_second / bandwidth)
         yield mbu
