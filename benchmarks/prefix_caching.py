@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.serve_latency import json_safe, running_server  # noqa: E402
+from benchmarks.serve_latency import bench_cli_summary, json_safe, running_server  # noqa: E402
 
 TTFT_RATIO_TARGET = 5.0
 MODES = {"cache on": [], "cache off": ["--no-prefix-caching"]}
@@ -46,26 +44,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
-def bench_summary(url: str, args: argparse.Namespace, dataset: list[str], seed: int) -> dict[str, Any]:
-    """One run of the bench CLI itself; its JSON summary."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run.json"
-        command = [sys.executable, "-m", "llmserve.cli", "bench", "serve", "--url", url, "--no-progress",
-                   "--extra-body", '{"ignore_eos": true}', "--vocab-size", "49152", "--seed", str(seed),
-                   "--out", str(out), *dataset]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        return json.loads(out.read_text())["summary"]
-
-
 def run_mode(args: argparse.Namespace, flags: list[str], extra: list[str]) -> dict[str, Any]:
     shared = ["--dataset", "shared-prefix", "--num-prompts", str(args.num_prompts), "--prefix-len",
               str(args.prefix_len), "--input-len", args.input_len, "--output-len", args.output_len]
     with running_server([*flags, *extra]) as url:
         # Random ids share no prefix with the timed workloads.
-        bench_summary(url, args, ["--dataset", "random", "--num-prompts", "2", "--input-len", "32",
-                                  "--output-len", "4"], args.seed + 99)
-        paced = bench_summary(url, args, [*shared, "--request-rate", args.request_rate], args.seed)
-        burst = bench_summary(url, args, shared, args.seed + 1)  # another seed: another prefix
+        warm_up = ["--dataset", "random", "--num-prompts", "2", "--input-len", "32", "--output-len", "4"]
+        bench_cli_summary(url, args.seed + 99, warm_up)
+        paced = bench_cli_summary(url, args.seed, [*shared, "--request-rate", args.request_rate])
+        burst = bench_cli_summary(url, args.seed + 1, shared)  # another seed: another prefix
     return {"completed": paced["completed"] + burst["completed"], "failed": paced["failed"] + burst["failed"],
             "ttft_mean_ms": paced["ttft"]["mean"] * 1000, "ttft_p99_ms": paced["ttft"]["p99"] * 1000,
             "e2el_mean_ms": paced["e2el"]["mean"] * 1000, "burst_ttft_mean_ms": burst["ttft"]["mean"] * 1000,

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.serve_latency import json_safe, running_server  # noqa: E402
+from benchmarks.serve_latency import bench_cli_summary, json_safe, running_server  # noqa: E402
 
 # One replica adapts its threads to the free cores (up to 2 here), as the single server does.
 ONE_REPLICA = ["--replicas", "1"]
@@ -57,17 +55,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
-def bench(url: str, seed: int, dataset: list[str]) -> dict[str, Any]:
-    """One run of the bench CLI; its JSON summary."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run.json"
-        command = [sys.executable, "-m", "llmserve.cli", "bench", "serve", "--url", url, "--no-progress",
-                   "--extra-body", '{"ignore_eos": true}', "--vocab-size", "49152", "--seed", str(seed),
-                   "--out", str(out), *dataset]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        return json.loads(out.read_text())["summary"]
-
-
 def prefix_cache_tokens(url: str) -> tuple[float, float]:
     """(looked up, found) prompt tokens, summed over every replica's series."""
     with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
@@ -82,16 +69,17 @@ def prefix_cache_tokens(url: str) -> tuple[float, float]:
 
 def warm(url: str, seed: int) -> None:
     """First-use costs paid on prompts that share no prefix with the timed workloads."""
-    bench(url, seed + 99, ["--dataset", "random", "--num-prompts", "4", "--input-len", "32", "--output-len", "4"])
+    bench_cli_summary(url, seed + 99,
+                      ["--dataset", "random", "--num-prompts", "4", "--input-len", "32", "--output-len", "4"])
 
 
 def run_cost(args: argparse.Namespace, flags: list[str], extra: list[str]) -> dict[str, Any]:
     with running_server([*flags, *extra]) as url:
         warm(url, args.seed)
-        light = bench(url, args.seed, ["--dataset", "random", "--num-prompts", str(args.light_prompts),
-                                       "--input-len", "128", "--output-len", "32", "--request-rate", "1"])
-        burst = bench(url, args.seed + 1, ["--dataset", "random", "--num-prompts", str(args.num_prompts),
-                                           "--input-len", "32:512", "--output-len", "32:256"])
+        light = bench_cli_summary(url, args.seed, ["--dataset", "random", "--num-prompts", str(args.light_prompts),
+                                                   "--input-len", "128", "--output-len", "32", "--request-rate", "1"])
+        burst = bench_cli_summary(url, args.seed + 1, ["--dataset", "random", "--num-prompts", str(args.num_prompts),
+                                                       "--input-len", "32:512", "--output-len", "32:256"])
     return {"light_ttft_median_ms": light["ttft"]["median"] * 1000, "light_tpot_median_ms": light["tpot"]["median"]
             * 1000, "burst_output_throughput": burst["output_throughput"],
             "failed": light["failed"] + burst["failed"]}
@@ -101,10 +89,10 @@ def run_routing(args: argparse.Namespace, flags: list[str], extra: list[str]) ->
     with running_server([*flags, *extra]) as url:
         warm(url, args.seed)
         queries, hits = prefix_cache_tokens(url)
-        summary = bench(url, args.seed + 2, ["--dataset", "shared-prefix", "--num-prefixes", str(args.num_prefixes),
-                                             "--prefix-len", str(args.prefix_len), "--num-prompts",
-                                             str(args.num_prompts), "--input-len", "16:64", "--output-len", "32",
-                                             "--request-rate", args.prefix_rate])
+        shared = ["--dataset", "shared-prefix", "--num-prefixes", str(args.num_prefixes), "--prefix-len",
+                  str(args.prefix_len), "--num-prompts", str(args.num_prompts), "--input-len", "16:64",
+                  "--output-len", "32", "--request-rate", args.prefix_rate]
+        summary = bench_cli_summary(url, args.seed + 2, shared)
         after_queries, after_hits = prefix_cache_tokens(url)
     looked_up = after_queries - queries
     return {"hit_rate": (after_hits - hits) / looked_up if looked_up else 0.0,

@@ -258,6 +258,17 @@ def _print_summary(report: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"{name:<20}{shown:>12}")
 
 
+def bench_cli_summary(url: str, seed: int, dataset: list[str]) -> dict[str, Any]:
+    """One run of `llmserve bench serve` against `url` (every request runs to its length); its JSON summary."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        command = [sys.executable, "-m", "llmserve.cli", "bench", "serve", "--url", url, "--no-progress",
+                   "--extra-body", '{"ignore_eos": true}', "--vocab-size", "49152", "--seed", str(seed),
+                   "--out", str(out), *dataset]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())["summary"]
+
+
 def json_safe(value: Any) -> Any:
     """NaN (no samples) and inf (rate) as null and "inf": strict JSON readers reject the bare tokens."""
     if isinstance(value, float) and not math.isfinite(value):
