@@ -65,3 +65,6 @@ class EngineStats:
     kv_cache_usage: float  # fraction of KV blocks in use, 0..1
     prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache (cumulative)
     prefix_cache_hits: int = 0  # of those, tokens whose KV was found cached
+    spec_decode_num_drafts: int = 0  # speculative verifications of a sequence with drafts (cumulative)
+    spec_decode_num_draft_tokens: int = 0  # draft tokens verified (cumulative)
+    spec_decode_num_accepted_tokens: int = 0  # of those, drafts the target accepted (cumulative)

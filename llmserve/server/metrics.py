@@ -65,6 +65,11 @@ class _EngineGauges(Collector):
         for name, doc, value in (
             ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", queries),
             ("prefix_cache_hits", "Prompt tokens whose KV was found in the prefix cache.", hits),
+            ("spec_decode_num_drafts", "Speculative verifications of a sequence with drafts.",
+             stats.spec_decode_num_drafts),
+            ("spec_decode_num_draft_tokens", "Draft tokens proposed and verified.", stats.spec_decode_num_draft_tokens),
+            ("spec_decode_num_accepted_tokens", "Draft tokens the target model accepted.",
+             stats.spec_decode_num_accepted_tokens),
         ):
             counter = CounterMetricFamily(PREFIX + name, doc, labels=["model_name"])
             counter.add_metric([self.model_name], float(value))
