@@ -36,10 +36,19 @@ def accepted_length(tokens: list[int], drafts: list[int]) -> int:
 
 @dataclass
 class AcceptanceTracker:
-    """Per request: a moving average of accepted / drafted, and the pause it earns when that is low."""
+    """Per request: moving averages of accepted / drafted (a low one earns a pause) and of the drafts
+    accepted per step, which sizes the next proposal: each draft row costs compute (on a CPU without
+    fast small-batch kernels a verification of K drafts costs well over one decode), so a request
+    drafts one more than it has lately been accepting, up to K."""
 
     rate: float = 1.0  # optimistic: a request is given the chance to show its drafts hold
+    length: float | None = None  # drafts accepted per verification (None: none yet, draft K)
     paused_steps: int = 0  # decode steps left before drafting again
+
+    def draft_length(self, limit: int) -> int:
+        if self.length is None:
+            return limit
+        return max(1, min(limit, int(self.length) + 1))
 
     def should_draft(self) -> bool:
         if self.paused_steps > 0:
@@ -53,6 +62,8 @@ class AcceptanceTracker:
         if num_drafts == 0:
             return
         self.rate += EMA_WEIGHT * (num_accepted / num_drafts - self.rate)
+        previous = num_drafts if self.length is None else self.length
+        self.length = previous + EMA_WEIGHT * (num_accepted - previous)
         if self.rate < MIN_ACCEPTANCE:
             self.paused_steps = RETRY_AFTER
 

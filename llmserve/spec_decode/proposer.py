@@ -34,10 +34,12 @@ class NgramProposer:
         room = min(self.config.num_speculative_tokens, request.max_tokens - len(request.output_token_ids) - 1)
         if room < 1:
             return []
-        if request.spec_acceptance is None:
-            request.spec_acceptance = AcceptanceTracker()
-        if not request.spec_acceptance.should_draft():
+        tracker = request.spec_acceptance
+        if tracker is None:
+            tracker = request.spec_acceptance = AcceptanceTracker()
+        if not tracker.should_draft():
             return []
+        room = tracker.draft_length(room)
         tokens = np.fromiter(request.prompt_token_ids, dtype=np.int64, count=request.num_prompt_tokens)
         if request.output_token_ids:
             tokens = np.concatenate((tokens, np.asarray(request.output_token_ids, dtype=np.int64)))
