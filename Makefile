@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run chat test lint bench clean redis-server
+.PHONY: setup run chat test lint bench clean redis-server prometheus chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,19 @@ redis-server:
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) ; } \
 		|| echo "note: redis-server is not installed; the Redis tests will skip (apt-get install redis-server)"
 
-test: setup lint redis-server
+# The observability tests run a real Prometheus and promtool (Debian's package); without them they skip.
+prometheus:
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) ; } \
+		|| echo "note: prometheus is not installed; the Prometheus tests will skip (apt-get install prometheus)"
+
+# The /dashboard test loads the page in a real headless Chromium (Debian's package); without it, it skips.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } \
+		|| echo "note: chromium is not installed; the /dashboard browser test will skip (apt-get install chromium)"
+
+test: setup lint redis-server prometheus chromium
 	$(PY) -m pytest -q
 
 bench: setup

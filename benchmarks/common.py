@@ -6,10 +6,11 @@ import os
 import random
 import resource
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
+
+from llmserve import devices
 
 # Low ids of Llama-family vocabularies hold BOS/EOS/chat markers; random prompts stay clear of them.
 FIRST_PLAIN_TOKEN_ID = 100
@@ -63,27 +64,9 @@ def current_rss_mib() -> float:
 
 
 def measure_copy_bandwidth(size_mib: int = 512, trials: int = 7, device: str | torch.device = "cpu") -> float:
-    """Best-of-`trials` bytes/s of a tensor copy, counting the read and the write (STREAM 'copy').
-
-    On a GPU: a device-to-device copy, timed with CUDA events (pass a size well past the L2 cache)."""
-    device = torch.device(device)
-    numel = size_mib * (1 << 20) // 4
-    src = torch.ones(numel, dtype=torch.float32, device=device)
-    dst = torch.zeros_like(src)  # touched now so page faults stay out of the timing
-    best = float("inf")
-    for _ in range(trials):
-        if device.type == "cuda":
-            start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start_event.record()
-            dst.copy_(src)
-            end_event.record()
-            end_event.synchronize()
-            best = min(best, start_event.elapsed_time(end_event) / 1000)
-        else:
-            start = time.perf_counter()
-            dst.copy_(src)
-            best = min(best, time.perf_counter() - start)
-    return 2 * src.numel() * src.element_size() / best
+    """Best-of-`trials` bytes/s of a tensor copy, counting the read and the write (STREAM 'copy'); the
+    server's model_bandwidth_utilization gauge divides by the same measurement."""
+    return devices.measure_copy_bandwidth(device, size_mib, trials)
 
 
 def median(values: list[float]) -> float:

@@ -13,11 +13,12 @@ from llmserve.bench.cli import add_bench_parser
 from llmserve.chat_cli import CHAT_FALLBACK, GREEDY, add_sampling_args, run_chat, sampling_params, stream
 from llmserve.config import BACKENDS, CPU_DEFAULTS, CUDA_DEFAULTS, EngineConfig, device_defaults, parse_size
 from llmserve.eval.cli import add_eval_parser
+from llmserve.observability.cli import add_alerts_parser
 from llmserve.server.api_key import API_KEY_ENV, resolve_api_key
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
 from llmserve.spec_decode.config import METHODS
 from llmserve.terminal import write_flushed
-from llmserve.units import parse_duration_s
+from llmserve.units import parse_bandwidth, parse_duration_s
 
 
 def _gib(size: int | None) -> str:
@@ -222,7 +223,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           shutdown_timeout=args.shutdown_timeout, warmup=not args.no_warmup,
                           response_cache=args.response_cache, response_cache_ttl=args.response_cache_ttl,
                           response_cache_shared=args.response_cache_shared, max_request_body=args.max_request_body,
-                          request_read_timeout=args.request_read_timeout, engine_args=engine_args, chat=chat)
+                          request_read_timeout=args.request_read_timeout, engine_args=engine_args, chat=chat,
+                          memory_bandwidth=args.memory_bandwidth)
     return run_server(config, log_level=args.log_level or "INFO")
 
 
@@ -295,6 +297,9 @@ def _serve_parser(sub) -> None:
                        help="how long an entry lives, e.g. 10m or 1h (default: 1h)")
     cache.add_argument("--response-cache-shared", action="store_true",
                        help="let callers with different API keys share entries")
+    serve.add_argument("--memory-bandwidth", type=parse_bandwidth, default="auto", metavar="auto|RATE",
+                       help="the device's memory bandwidth, for the model_bandwidth_utilization metric: e.g. "
+                            "3.35TB/s (a GPU's datasheet figure), or auto: measured by a copy at start (default)")
     tools = serve.add_argument_group("chat and tool calling")
     _chat_template_arg(tools)
     tools.add_argument("--tool-call-parser", default=None, choices=("hermes", "llama3"),
@@ -325,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _quantize_parser(sub)
     add_eval_parser(sub)
     add_bench_parser(sub)
+    add_alerts_parser(sub)
     return parser
 
 

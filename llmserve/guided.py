@@ -1,5 +1,7 @@
 """What a request's output must match: a JSON schema, any JSON object, a regex, one of some strings,
-or a grammar. Plain Python: the engine compiles it (llmserve/structured/) into a token mask.
+a grammar, or an xgrammar structural tag (free text with constrained regions: how strict tools hold
+the calls a model writes under tool_choice "auto"). Plain Python: the engine compiles it
+(llmserve/structured/) into a token mask.
 
 Exactly one constraint is set. Validation here is about shape only (types, emptiness); whether a
 schema, regex or grammar compiles is decided by the grammar engine when the request is prepared.
@@ -13,7 +15,7 @@ from typing import Any
 
 from llmserve.sampling_params import InvalidParameter
 
-KINDS = ("json", "json_object", "regex", "choice", "grammar")
+KINDS = ("json", "json_object", "regex", "choice", "grammar", "structural_tag")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class GuidedDecoding:
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = None  # EBNF (GBNF) as xgrammar takes it
+    structural_tag: str | None = None  # xgrammar's structural tag, as JSON text
     # The request field this came from ("response_format", "guided_json", "tools", ...): errors name it.
     # It never changes what is generated, so equality and the cache key leave it out.
     param: str | None = field(default=None, compare=False)
@@ -57,6 +60,13 @@ class GuidedDecoding:
         elif kind == "json_object":
             if value is not True:
                 raise InvalidParameter("json_object must be true or false", param)
+        elif kind == "structural_tag":
+            try:
+                parsed = json.loads(value) if isinstance(value, str) else None
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise InvalidParameter("a structural tag must be a JSON object's text", param)
         elif kind == "choice":
             if not value or not all(isinstance(c, str) for c in value):
                 raise InvalidParameter("choice must be a non-empty list of strings", param)

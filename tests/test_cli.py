@@ -195,6 +195,22 @@ def test_generate_with_the_shipped_tools_template() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_memory_bandwidth_flag_reads_rates_or_auto(capsys) -> None:
+    from llmserve.cli import build_parser
+    from llmserve.units import parse_bandwidth
+
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).memory_bandwidth is None  # auto: measured at start
+    assert parser.parse_args(["serve", "--memory-bandwidth", "3.35TB/s"]).memory_bandwidth == 3.35e12
+    assert parse_bandwidth("900GiB/s") == 900 * 2**30 and parse_bandwidth("2e11") == 2e11
+    for bad in ("fast", "-1GB/s", "0"):
+        with pytest.raises(ValueError):
+            parse_bandwidth(bad)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--memory-bandwidth", "fast"])
+    assert "--memory-bandwidth" in capsys.readouterr().err
+
+
 def test_speculative_flags_reach_the_engine_config() -> None:
     from llmserve.spec_decode.config import SpeculativeConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmserve.devices import resolve_device
+from llmserve.devices import measure_copy_bandwidth, resolve_device
 
 
 def fake_gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
@@ -46,3 +46,8 @@ def test_a_gpu_index_out_of_range_names_how_many_there_are(monkeypatch, count, m
 def test_other_names_list_the_accepted_forms(name):
     with pytest.raises(ValueError, match="use auto, cpu, cuda or cuda:N"):
         resolve_device(name)
+
+
+def test_copy_bandwidth_is_a_plausible_rate():
+    rate = measure_copy_bandwidth("cpu", size_mib=16, trials=2)
+    assert 1e8 < rate < 1e13  # bytes/s: above 100 MB/s, below any memory system's 10 TB/s

@@ -116,9 +116,19 @@ class AsyncEngine:
         spec = self.engine.spec_stats
         return EngineStats(num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
                            kv_cache_usage=blocks.usage, prefix_cache_queries=cache.queries,
-                           prefix_cache_hits=cache.hits, spec_decode_num_drafts=spec.num_drafts,
+                           prefix_cache_hits=cache.hits, steps=self.engine.steps.snapshot(),
+                           spec_decode_num_drafts=spec.num_drafts,
                            spec_decode_num_draft_tokens=spec.num_draft_tokens,
-                           spec_decode_num_accepted_tokens=spec.num_accepted_tokens)
+                           spec_decode_num_accepted_tokens=spec.num_accepted_tokens,
+                           weight_bytes_per_step=self.engine.weight_bytes_per_step,
+                           cache_config=self.engine.cache_config_info())
+
+    def measure_copy_bandwidth(self) -> float:
+        """The engine device's memory bandwidth in bytes per second, measured by a copy (a few
+        tens of milliseconds); run it while the engine is idle, or it measures contention too."""
+        from llmserve.devices import measure_copy_bandwidth
+
+        return measure_copy_bandwidth(self.engine.device)
 
     def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams | None = None,
                 priority: int | str | None = None) -> PreparedRequest:

@@ -23,6 +23,7 @@ from llmserve.engine.prompt_results import PromptResults, record_prompt_results
 from llmserve.engine.request import Request, RequestStatus
 from llmserve.engine.scheduler import Scheduler
 from llmserve.engine.scheduler_output import scheduler_output
+from llmserve.engine.step_stats import StepRecorder, weight_bytes_per_step
 from llmserve.engine.threads import ThreadGovernor
 from llmserve.model.loader import load_model, resolve_dtype
 from llmserve.pooling_params import PoolingParams
@@ -89,6 +90,9 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.cache.block_size, prefix_cache)
         self.scheduler = Scheduler(sched, self.block_manager)
         self.runner = ModelRunner(loaded.model, self.backend, kv_spec, num_blocks, config.seed)
+        self.weight_bytes_per_step = weight_bytes_per_step(loaded.model.state_dict().items(),
+                                                           cfg.tie_word_embeddings)
+        self.steps = StepRecorder()
         self.graph_capture_seconds = self.runner.capture_graphs(sched.max_num_seqs, self.max_model_len)
         self.outputs = OutputBuilder()
         self.grammars = None if self.tokenizer is None else GrammarCompiler(
@@ -149,6 +153,15 @@ class LLMEngine:
     @property
     def scheduler_config(self) -> SchedulerConfig:
         return self.scheduler.config
+
+    def cache_config_info(self) -> dict[str, str]:
+        """The KV cache's settings as vLLM's cache_config_info labels them (inference gateways read
+        block_size and num_gpu_blocks; the pool's blocks are counted there on a CPU too)."""
+        cache = self.config.cache
+        return {"block_size": str(cache.block_size), "num_gpu_blocks": str(self.block_manager.num_blocks),
+                "cache_dtype": str(self.dtype).removeprefix("torch."),
+                "enable_prefix_caching": str(cache.enable_prefix_caching),
+                "gpu_memory_utilization": str(cache.gpu_memory_utilization), "device": str(self.device)}
 
     # --- requests in ---------------------------------------------------------------------
     def prepare(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams | None = None,
@@ -265,6 +278,7 @@ class LLMEngine:
         if self.proposer is not None:
             self.proposer.propose(self.scheduler.running)
         plan = self.scheduler.schedule()
+        self.steps.record(plan.num_batched_tokens, len(plan.scheduled), len(plan.preempted))
         if plan.is_empty:
             return []
         self.threads.adjust()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmserve.engine.step_stats import StepStats
+
 
 @dataclass(frozen=True)
 class TokenLogprobs:
@@ -65,6 +67,9 @@ class EngineStats:
     kv_cache_usage: float  # fraction of KV blocks in use, 0..1
     prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache (cumulative)
     prefix_cache_hits: int = 0  # of those, tokens whose KV was found cached
+    steps: StepStats = field(default_factory=StepStats)  # tokens and sequences per step, preemptions
+    weight_bytes_per_step: int = 0  # model-weight bytes one forward reads
+    cache_config: dict[str, str] = field(default_factory=dict)  # what cache_config_info reports
     spec_decode_num_drafts: int = 0  # speculative verifications of a sequence with drafts (cumulative)
     spec_decode_num_draft_tokens: int = 0  # draft tokens verified (cumulative)
     spec_decode_num_accepted_tokens: int = 0  # of those, drafts the target accepted (cumulative)

@@ -86,9 +86,8 @@ def _sequence(request: Request, num_new: int) -> ScheduledSequence:
 
 
 def blocked_token_ids(request: Request) -> list[int]:
-    """Tokens that would end the request before min_tokens is reached."""
+    """Tokens that would end the request before min_tokens is reached. Under a grammar that allows
+    nothing but its end, the sampler lets them through (runner/sampler.py): the grammar wins."""
     if len(request.output_token_ids) >= request.params.min_tokens:
         return []
-    if request.guide is not None and request.guide.is_completed:
-        return []  # the grammar allows nothing more but its end: it wins over min_tokens
     return list(request.eos_token_ids) + list(request.params.stop_token_ids or [])  # eos is () with ignore_eos

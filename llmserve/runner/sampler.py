@@ -63,10 +63,10 @@ class Sampler:
         if logits.dtype != torch.float32 and (guided or not _argmax_only(params, blocked_token_ids)):
             logits = logits.float()
         _apply_penalties(logits, params, prompt_token_ids, output_token_ids)
-        if blocked_token_ids is not None:
-            _apply_blocked(logits, blocked_token_ids)
         if guided:
             apply_guides(logits, guides)  # type: ignore[arg-type]
+        if blocked_token_ids is not None:
+            _apply_blocked(logits, blocked_token_ids, guides if guided else None)
 
         greedy = [p.is_greedy for p in params]
         token_ids = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
@@ -216,12 +216,25 @@ def _apply_penalties(
     logits[idx] = sub
 
 
-def _apply_blocked(logits: torch.Tensor, blocked_token_ids: Sequence[Sequence[int]]) -> None:
-    rows = [i for i, ids in enumerate(blocked_token_ids) for _ in ids]
+def _apply_blocked(logits: torch.Tensor, blocked_token_ids: Sequence[Sequence[int]],
+                   guides: Sequence[Guide | None] | None = None) -> None:
+    """min_tokens: the blocked ids get -inf, except on a guided row whose grammar (already applied)
+    allows nothing else: a finished grammar wins over min_tokens, as nothing valid could follow."""
+    rows: list[int] = []
+    cols: list[int] = []
+    for i, ids in enumerate(blocked_token_ids):
+        if ids and (guides is None or guides[i] is None or _allows_more_than(logits[i], ids)):
+            rows.extend([i] * len(ids))
+            cols.extend(ids)
     if not rows:
         return
-    cols = [t for ids in blocked_token_ids for t in ids]
     logits[_index(rows, logits.device), _index(cols, logits.device)] = float("-inf")
+
+
+def _allows_more_than(row: torch.Tensor, ids: Sequence[int]) -> bool:
+    allowed = row > float("-inf")
+    allowed[_index(list(ids), row.device)] = False
+    return bool(allowed.any())
 
 
 def _apply_top_k_top_p(logits: torch.Tensor, params: Sequence[SamplingParams]) -> None:

@@ -18,7 +18,9 @@ from fastapi import FastAPI
 
 from llmserve.server.cached_responses import ResponseCacheFront
 from llmserve.server.chat_tools import ChatSetup
+from llmserve.server.dashboard import dashboard_router
 from llmserve.server.errors import install_handlers
+from llmserve.server.http_metrics import HTTPMetrics
 from llmserve.server.limits import BodyLimits
 from llmserve.server.metrics import ServerMetrics
 from llmserve.server.response_cache import ResponseCache, ResponseCacheStats, open_response_cache
@@ -49,6 +51,7 @@ class ServerConfig:
     request_read_timeout: float = 30.0  # seconds from a request's headers to the end of its body, else 408
     engine_args: dict[str, Any] = field(default_factory=dict)  # keywords of AsyncEngine.from_args
     chat: ChatSetup = field(default_factory=ChatSetup)  # --chat-template, --tool-call-parser
+    memory_bandwidth: float | None = None  # bytes/s for model_bandwidth_utilization; None: measured at start
 
 
 @dataclass
@@ -62,11 +65,18 @@ class ServerState:
     load_error: str | None = None
     shedder: LoadShedder | None = None  # built with the engine, which knows the service classes
     response_cache: ResponseCache | None = None
+    memory_bandwidth: float | None = None  # bytes/s: the flag's, or measured once the engine is built
     metrics: ServerMetrics = field(init=False)
 
     def __post_init__(self) -> None:
+        self.memory_bandwidth = self.config.memory_bandwidth
         self.metrics = ServerMetrics(self.config.served_model_name, self.engine_stats, self.queue_stats,
-                                     self.response_cache_stats)
+                                     self.response_cache_stats, lambda: self.memory_bandwidth, lambda: self.healthy)
+
+    @property
+    def healthy(self) -> bool:
+        """What /health answers 200 to: loaded, warmed up, and the engine loop alive."""
+        return self.ready and self.engine is not None and self.engine.is_alive
 
     def response_cache_stats(self) -> ResponseCacheStats | None:
         return self.response_cache.stats if self.response_cache is not None else None
@@ -119,7 +129,10 @@ def build_app(config: ServerConfig, engine_factory: EngineFactory | None = None,
     install_handlers(app)
     app.add_middleware(BodyLimits, max_bytes=config.max_request_body, read_timeout=config.request_read_timeout)
     app.include_router(router)
+    app.include_router(dashboard_router)
     document_request_bodies(app)
+    # Outermost, so it counts the refusals BodyLimits makes before any route runs.
+    app.add_middleware(HTTPMetrics, record=state.metrics.record_http, paths=lambda: app.openapi()["paths"])
     return app
 
 
@@ -133,6 +146,9 @@ async def _load(state: ServerState, factory: EngineFactory, on_failure: Callable
                                 _response_front(state, engine), state.config.chat)
         if state.config.warmup:
             await warm_up(engine, state.config.chat.chat_template)
+        if state.memory_bandwidth is None:  # while the engine is idle, so nothing else competes
+            state.memory_bandwidth = await asyncio.to_thread(engine.measure_copy_bandwidth)
+            logger.info("memory bandwidth (a measured copy): %.1f GB/s", state.memory_bandwidth / 1e9)
     except Exception as exc:
         logger.exception("the model failed to load")
         state.load_error = str(exc)

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from fastapi.responses import Response
 
-from llmserve.server.chat_tools import finish_with_calls, tool_deltas, tool_message, tool_parser_for
+from llmserve.server.chat_tools import (
+    CallStream,
+    call_stream,
+    finish_with_calls,
+    tool_deltas,
+    tool_message,
+    tool_parser_for,
+    with_strict_tools,
+)
 from llmserve.server.errors import bad_request
 from llmserve.server.prompt_logprobs import prompt_entries, vllm_prompt_logprobs
 from llmserve.server.protocol import ChatCompletionRequest
@@ -23,7 +31,7 @@ from llmserve.server.serving import (
     stream_error,
     unseen_outputs,
 )
-from llmserve.tool_calls import ToolCallParser, ToolCallStream
+from llmserve.tool_calls import ToolCallParser
 
 if TYPE_CHECKING:
     from llmserve.engine.outputs import CompletionOutput, TokenLogprobs
@@ -44,7 +52,7 @@ def render_prompt(serving: Serving, body: ChatCompletionRequest) -> dict[str, An
 async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, ctx: RequestContext) -> Response:
     serving.check_model(body.model)
     parser = tool_parser_for(body, serving.tool_parser)
-    params = body.params
+    params = with_strict_tools(body, parser, body.params)
     request_id, created = new_id("chatcmpl"), int(time.time())
     log = RequestLog(request_id, ctx.received)
     prompt = await serving.off_loop(render_prompt, serving, body)  # a template over long messages takes a while
@@ -69,10 +77,8 @@ async def create_chat_completion(serving: Serving, body: ChatCompletionRequest, 
 
 def _choice(shape: _Shape, out: CompletionOutput, body: ChatCompletionRequest,
             parser: ToolCallParser | None) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": out.text}
-    if parser is not None:
-        message = tool_message(parser, out.text, body.parallel_tool_calls)
-    reason = finish_with_calls(finish_reason(out.finish_reason), "tool_calls" in message)
+    message = tool_message(body, parser, out.text)
+    reason = finish_with_calls(body, finish_reason(out.finish_reason), "tool_calls" in message)
     return {"index": out.index, "message": message, "logprobs": shape.logprobs(out.logprobs), "finish_reason": reason}
 
 
@@ -100,10 +106,11 @@ class _Shape:
                 "logprobs": self.logprobs(delta_logprobs(out)),
                 "finish_reason": finish_reason(out.finish_reason) if final else None}
 
-    def tool_deltas(self, out: CompletionOutput, stream: ToolCallStream) -> list[dict[str, Any]]:
+    def tool_deltas(self, out: CompletionOutput, stream: CallStream,
+                    body: ChatCompletionRequest) -> list[dict[str, Any]]:
         """A choice's entries, one chunk each: logprobs ride on the first, the finish on the last."""
         deltas = tool_deltas(out, stream)
-        reason = finish_with_calls(finish_reason(out.finish_reason), stream.called) if out.finished else None
+        reason = finish_with_calls(body, finish_reason(out.finish_reason), stream.called) if out.finished else None
         return [{"index": out.index, "delta": delta, "logprobs": self.logprobs(delta_logprobs(out)) if i == 0 else None,
                  "finish_reason": reason if i == len(deltas) - 1 else None} for i, delta in enumerate(deltas)]
 
@@ -111,9 +118,11 @@ class _Shape:
 async def _stream(serving: Serving, shape: _Shape, prepared: list, received: float, body: ChatCompletionRequest,
                   log: RequestLog, parser: ToolCallParser | None) -> AsyncIterator[dict[str, Any]]:
     # The role comes first, as OpenAI sends it, before any token is generated.
-    yield {**shape.header(), "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+    # A forced call has no content (null, as OpenAI sends it); otherwise content may follow.
+    role = {"role": "assistant", "content": None if body.forces_a_call else ""}
+    yield {**shape.header(), "choices": [{"index": i, "delta": role,
                                           "logprobs": None, "finish_reason": None} for i in range(body.n)]}
-    calls = {i: ToolCallStream(parser, body.parallel_tool_calls) for i in range(body.n)} if parser else {}
+    calls = {i: stream for i in range(body.n) if (stream := call_stream(body, parser)) is not None}
     ended: set[tuple[int, int]] = set()
     async for _, output in serving.streams(prepared, received):
         if output.finished and (error := stream_error(output)) is not None:
@@ -123,15 +132,16 @@ async def _stream(serving: Serving, shape: _Shape, prepared: list, received: flo
         fresh = unseen_outputs(output, ended)
         if output.finished:
             log.count(output)
-        for choices in _rounds(shape, fresh, calls):
+        for choices in _rounds(shape, fresh, calls, body):
             if choices:
                 yield {**shape.header(), "choices": choices}
     if body.include_usage:
         yield {**shape.header(), "choices": [], "usage": log.usage()}
 
 
-def _rounds(shape: _Shape, fresh: list[CompletionOutput], calls: dict[int, ToolCallStream]) -> list[list[dict]]:
+def _rounds(shape: _Shape, fresh: list[CompletionOutput], calls: dict[int, CallStream],
+            body: ChatCompletionRequest) -> list[list[dict]]:
     """The chunks' choices for this step: all choices in one chunk, unless tool calls are parsed."""
     if not calls:
         return [[shape.delta(out, out.finished) for out in fresh]]
-    return [[entry] for out in fresh for entry in shape.tool_deltas(out, calls[out.index])]
+    return [[entry] for out in fresh for entry in shape.tool_deltas(out, calls[out.index], body)]

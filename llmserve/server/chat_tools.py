@@ -1,16 +1,31 @@
 """Tool calling on /v1/chat/completions: which parser a server uses, and a choice's message and
-stream deltas with the calls parsed out of its text (llmserve.tool_calls does the parsing)."""
+stream deltas with the calls parsed out of its text (llmserve.tool_calls does the parsing).
+
+Under `tool_choice` "auto" the parser finds calls in free text; under "required" or a named function
+the output was generated under the forced-call JSON schema, and is read as calls whatever the parser."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from llmserve.guided import GuidedDecoding
 from llmserve.server.errors import bad_request
-from llmserve.tool_calls import ToolCallParser, ToolCallStream, get_parser, parse_tool_calls, parser_for_template
+from llmserve.tool_calls import (
+    ForcedCallStream,
+    ToolCallParser,
+    ToolCallStream,
+    get_parser,
+    parse_tool_calls,
+    parser_for_template,
+    read_forced_output,
+)
+from llmserve.tool_calls.strict import has_strict_tools, strict_call_tag
 
 if TYPE_CHECKING:
     from llmserve.engine.outputs import CompletionOutput
+    from llmserve.sampling_params import SamplingParams
     from llmserve.server.protocol import ChatCompletionRequest
 
 
@@ -39,20 +54,52 @@ def tool_parser_for(body: ChatCompletionRequest, parser: ToolCallParser | None) 
     return parser
 
 
-def finish_with_calls(reason: str | None, called: bool) -> str | None:
+def with_strict_tools(body: ChatCompletionRequest, parser: ToolCallParser | None,
+                      params: SamplingParams) -> SamplingParams:
+    """Under "auto", tools with `strict: true` hold the calls the model writes to their schemas (a
+    structural tag in the parser's format); the request's sampling is otherwise unchanged."""
+    tools = body.template_tools()
+    if parser is None or body.effective_tool_choice != "auto" or not tools or not has_strict_tools(tools):
+        return params
+    if params.guided is not None:
+        raise bad_request("strict tools constrain the calls the model writes, so they cannot be combined with "
+                          f"{params.guided.param or 'another constraint'}", "tools")
+    tag = strict_call_tag(tools, parser, body.parallel_tool_calls)
+    return replace(params, guided=GuidedDecoding(structural_tag=json.dumps(tag, ensure_ascii=False), param="tools"))
+
+
+CallStream = ToolCallStream | ForcedCallStream
+
+
+def call_stream(body: ChatCompletionRequest, parser: ToolCallParser | None) -> CallStream | None:
+    """What turns a choice's streamed text into deltas; None: plain content."""
+    if body.forces_a_call:
+        return ForcedCallStream(body.forced_function)
+    return None if parser is None else ToolCallStream(parser, body.parallel_tool_calls)
+
+
+def finish_with_calls(body: ChatCompletionRequest, reason: str | None, called: bool) -> str | None:
+    """"tool_calls" when the model stopped after calling, except under a named tool_choice, where
+    OpenAI answers "stop" (the caller asked for that call: nothing was the model's choice)."""
+    called = called and body.forced_function is None
     return "tool_calls" if called and reason == "stop" else reason
 
 
-def tool_message(parser: ToolCallParser, text: str, parallel: bool) -> dict[str, Any]:
+def tool_message(body: ChatCompletionRequest, parser: ToolCallParser | None, text: str) -> dict[str, Any]:
     """The assistant message of a whole reply: its content outside the calls, and the calls."""
-    parsed = parse_tool_calls(parser, text, parallel)
+    if body.forces_a_call:
+        parsed = read_forced_output(text, body.forced_function)
+    elif parser is not None:
+        parsed = parse_tool_calls(parser, text, body.parallel_tool_calls)
+    else:
+        return {"role": "assistant", "content": text}
     message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
     if parsed.tool_calls:
         message["tool_calls"] = [call.as_openai() for call in parsed.tool_calls]
     return message
 
 
-def tool_deltas(out: CompletionOutput, stream: ToolCallStream) -> list[dict[str, Any]]:
+def tool_deltas(out: CompletionOutput, stream: CallStream) -> list[dict[str, Any]]:
     """The deltas a choice's new text settles this step, each for a chunk of its own: a step may settle
     content, a call's name and its arguments at once, and a chunk carries one delta per choice."""
     deltas = stream.feed(out.text, out.finished)

@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from llmserve.engine.outputs import EngineStats
+from llmserve.server.step_metrics import StepMetrics
 
 if TYPE_CHECKING:
     from llmserve.server.response_cache import ResponseCacheStats
@@ -128,7 +129,11 @@ class _ResponseCacheMetrics(Collector):
 class ServerMetrics:
     def __init__(self, model_name: str, stats: Callable[[], EngineStats | None],
                  queue: Callable[[], list[tuple[str, int, float]]] = list,
-                 response_cache: Callable[[], ResponseCacheStats | None] = lambda: None) -> None:
+                 response_cache: Callable[[], ResponseCacheStats | None] = lambda: None,
+                 bandwidth: Callable[[], float | None] = lambda: None, healthy: Callable[[], bool] = lambda: True,
+                 ) -> None:
+        """`bandwidth`: the device's memory bandwidth in bytes/s, None while unknown; `healthy`: what
+        /health says (the engine is built, warmed up and its loop alive)."""
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model_name"]
@@ -148,8 +153,14 @@ class ServerMetrics:
                                          registry=self.registry)
         self.success = Counter(PREFIX + "request_success", "Finished requests by finish reason.",
                                labels + ["finished_reason"], registry=self.registry)
+        self.http = Counter(PREFIX + "http_requests", "HTTP responses by route and status code.",
+                            labels + ["handler", "status"], registry=self.registry)
+        self.engine_up = Gauge(PREFIX + "engine_up", "1 when the engine is loaded, warmed up and its loop "
+                               "runs (as /health's 200), else 0.", labels, registry=self.registry)
+        self.engine_up.labels(model_name).set_function(lambda: float(healthy()))
         self.registry.register(_EngineGauges(model_name, stats))
         self.registry.register(_ResponseCacheMetrics(model_name, response_cache))
+        self.registry.register(StepMetrics(model_name, stats, bandwidth))
         self._class_metrics(queue)
 
     def _class_metrics(self, queue: Callable[[], list[tuple[str, int, float]]]) -> None:
@@ -157,18 +168,30 @@ class ServerMetrics:
         self.class_ttft = Histogram(PREFIX + "service_class_time_to_first_token_seconds",
                                     "Time to first token, by service class.", labels, buckets=TTFT_BUCKETS,
                                     registry=self.registry)
+        self.class_itl = Histogram(PREFIX + "service_class_inter_token_latency_seconds",
+                                   "Time between consecutive output tokens, by service class.", labels,
+                                   buckets=ITL_BUCKETS, registry=self.registry)
         self.class_e2e = Histogram(PREFIX + "service_class_e2e_request_latency_seconds",
                                    "End-to-end request latency, by service class.", labels, buckets=REQUEST_BUCKETS,
                                    registry=self.registry)
         self.slo = Counter(PREFIX + "service_class_slo_requests",
                            "Requests of a class with a latency target that ended, by whether they met it "
-                           "(a failed request misses).", labels + ["target", "result"], registry=self.registry)
+                           "(a failed request misses; a refused one is shed).", labels + ["target", "result"],
+                           registry=self.registry)
         self.shed = Counter(PREFIX + "service_class_requests_shed", "Requests refused with 429, by class and reason.",
                             labels + ["reason"], registry=self.registry)
         self.registry.register(_QueueGauges(self.model_name, queue))
 
-    def record_shed(self, service_class: str, reason: str) -> None:
-        self.shed.labels(self.model_name, service_class, reason).inc()
+    def record_http(self, handler: str, status: str) -> None:
+        self.http.labels(self.model_name, handler, status).inc()
+
+    def record_shed(self, cls: ServiceClass, reason: str) -> None:
+        """A refused request also misses each of its class's targets, as result="shed": the caller got
+        no answer within them, and an SLO's error budget must see overload that shedding hides."""
+        self.shed.labels(self.model_name, cls.name, reason).inc()
+        for target, bound in (("ttft", cls.ttft_target), ("e2e", cls.e2e_target)):
+            if bound is not None:
+                self.slo.labels(self.model_name, cls.name, target, "shed").inc()
 
     def record(self, record: RequestRecord) -> None:
         name = self.model_name
@@ -192,6 +215,9 @@ class ServerMetrics:
         if record.ttft is not None:
             self.class_ttft.labels(*labels).observe(record.ttft)
         self.class_e2e.labels(*labels).observe(record.e2e_latency)
+        itl = self.class_itl.labels(*labels)
+        for gap in record.inter_token_latencies:
+            itl.observe(gap)
         if record.finish_reason == "abort":
             return  # the client left: no verdict on the target
         failed = record.finish_reason == "error"

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from llmserve.guided import GuidedDecoding
 from llmserve.sampling_params import (
     MAX_LOGPROBS,
     REPETITION_PENALTY_MAX,
@@ -34,6 +35,7 @@ from llmserve.sampling_params import (
 )
 from llmserve.server.guided_fields import GuidedFields
 from llmserve.server.unsupported import CHAT, COMPLETIONS, refuse_unsupported
+from llmserve.tool_calls.schema import forced_tool_call_schema
 
 TokenIds = list[StrictInt]
 
@@ -293,25 +295,52 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("top_logprobs needs logprobs set to true")
         return self
 
-    @model_validator(mode="after")
-    def _tool_choice_fits_the_tools(self) -> ChatCompletionRequest:
+    def guided(self) -> GuidedDecoding | None:
+        """The body's constraint; `tool_choice` "required" or a named function is one too (the JSON
+        schema of tool_calls.forced_tool_call_schema), and cannot be combined with another. Checked
+        here because SamplingParams, built while the body is validated, takes the constraint."""
+        self._check_tool_choice()
+        forced = self.forced_tool_call()
+        constraint = super().guided()
+        if forced is None or constraint is None:
+            return forced or constraint
+        raise InvalidParameter(f"tool_choice {self._choice_words()} constrains the output to the call, so it "
+                               f"cannot be combined with {self._asked()[0]}", "tool_choice")
+
+    def _check_tool_choice(self) -> None:
         choice = self.tool_choice
         if choice is None:
-            return self
+            return
         if not self.tools:
             raise InvalidParameter("tool_choice is only allowed when tools are specified", "tool_choice")
         if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in self.tools}:
             raise InvalidParameter(f"tool_choice names the function {choice.function.name!r}, which is not among "
                                    "the tools", "tool_choice")
-        if choice == "required" or isinstance(choice, NamedToolChoice):
-            # Forcing a call needs the structured-output engine (tool_calls.forced_tool_call_schema).
-            kind = "'required'" if choice == "required" else "naming a function"
-            raise InvalidParameter(f"tool_choice {kind} is not supported yet; use 'auto' or 'none'", "tool_choice")
-        return self
+
+    def _choice_words(self) -> str:
+        return "'required'" if self.forced_function is None else f"naming {self.forced_function!r}"
+
+    @property
+    def forces_a_call(self) -> bool:
+        return self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
+
+    @property
+    def forced_function(self) -> str | None:
+        """The function a named tool_choice forces; None otherwise."""
+        return self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+
+    def forced_tool_call(self) -> GuidedDecoding | None:
+        """The JSON schema a forced call is generated under; None when no call is forced."""
+        if not self.forces_a_call or not self.tools:
+            return None
+        tools = [tool.model_dump(exclude_none=True) for tool in self.tools]
+        choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
+        schema = forced_tool_call_schema(tools, choice, self.parallel_tool_calls)  # type: ignore[arg-type]
+        return GuidedDecoding(json=schema, param="tools")
 
     @property
     def effective_tool_choice(self) -> str:
-        """"auto" or "none": OpenAI's default is "auto" when there are tools."""
+        """"auto", "none", "required" or "function" (named); OpenAI's default is "auto" when there are tools."""
         if self.tool_choice is None:
             return "auto" if self.tools else "none"
         return self.tool_choice if isinstance(self.tool_choice, str) else "function"

@@ -57,7 +57,7 @@ DOCUMENTED_BODIES = (CompletionRequest, ChatCompletionRequest, EmbeddingRequest,
 @router.get("/health")
 async def health(request: Request) -> Response:
     state = server_state(request)
-    if state.ready and state.engine is not None and state.engine.is_alive:
+    if state.healthy:
         return Response(status_code=200)
     reason = state.load_error or ("the engine has stopped" if state.ready else "the model is loading")
     return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)

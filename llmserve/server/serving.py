@@ -155,7 +155,7 @@ class Serving:
         try:
             self.shedder.check(rank)
         except Shed as shed:
-            self.metrics.record_shed(self.shedder.classes[rank].name, shed.reason)
+            self.metrics.record_shed(self.shedder.classes[rank], shed.reason)
             raise
 
     def cache_use(self, endpoint: str, body: Any, params: SamplingParams | PoolingParams, prompts: list[Any],

@@ -12,7 +12,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import xgrammar as xgr
 
@@ -87,7 +87,22 @@ def _compile(compiler: xgr.GrammarCompiler, guided: GuidedDecoding) -> xgr.Compi
         return compiler.compile_regex(guided.regex)
     if kind == "choice":
         return compiler.compile_grammar(choice_grammar(guided.choice or []))
+    if kind == "structural_tag":
+        return compiler.compile_structural_tag(json.dumps(compact_json(json.loads(guided.structural_tag or "{}"))))
     return compiler.compile_grammar(guided.grammar)
+
+
+def compact_json(node: Any) -> Any:
+    """A structural tag whose JSON schema contents become grammars of compact JSON: xgrammar writes a
+    tag's schema with any whitespace, which would let a model pad for ever."""
+    if isinstance(node, list):
+        return [compact_json(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") == "json_schema" and "json_schema" in node:
+        schema = json.dumps(node["json_schema"], ensure_ascii=False)
+        return {"type": "grammar", "grammar": str(xgr.Grammar.from_json_schema(schema, any_whitespace=False))}
+    return {key: compact_json(value) for key, value in node.items()}
 
 
 def choice_grammar(choices: Sequence[str]) -> str:
@@ -97,7 +112,7 @@ def choice_grammar(choices: Sequence[str]) -> str:
 
 def _what(kind: str) -> str:
     return {"json": "JSON schema", "json_object": "JSON object grammar", "regex": "regex",
-            "choice": "choice grammar", "grammar": "grammar"}[kind]
+            "choice": "choice grammar", "grammar": "grammar", "structural_tag": "tool call grammar"}[kind]
 
 
 def _message(exc: Exception) -> str:

@@ -14,6 +14,11 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 class HermesParser:
     name = "hermes"
     markers = (OPEN,)
+    trigger = OPEN
+
+    def call_tag(self, function: str) -> tuple[str, str]:
+        """What a call of `function` is written between, around its arguments (as the template shows it)."""
+        return f'{OPEN}\n{{"name": {json.dumps(function, ensure_ascii=False)}, "arguments": ', f"}}\n{CLOSE}"
 
     def advance(self, text: str, pos: int, final: bool) -> tuple[list[ContentPiece | ParsedCall], int]:
         """What text[pos:] settles: content that cannot be part of a call, and every call whose closing

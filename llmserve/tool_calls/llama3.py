@@ -14,6 +14,11 @@ PYTHON_TAG = "<|python_tag|>"
 class Llama3Parser:
     name = "llama3"
     markers = (PYTHON_TAG,)
+    trigger = '{"name": '
+
+    def call_tag(self, function: str) -> tuple[str, str]:
+        """What a call of `function` is written between, around its arguments."""
+        return f'{{"name": {json.dumps(function, ensure_ascii=False)}, "parameters": ', "}"
 
     def advance(self, text: str, pos: int, final: bool) -> tuple[list[ContentPiece | ParsedCall], int]:
         """As HermesParser.advance. Calls are the whole message, or all that follows `<|python_tag|>`:

@@ -15,6 +15,9 @@ PARSER_NAMES = ("hermes", "llama3")
 class ToolCallParser(Protocol):
     name: str
     markers: tuple[str, ...]
+    trigger: str  # what every call written in this format starts with
+
+    def call_tag(self, function: str) -> tuple[str, str]: ...
 
     def advance(self, text: str, pos: int, final: bool) -> tuple[list[ContentPiece | ParsedCall], int]: ...
 

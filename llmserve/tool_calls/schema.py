@@ -1,20 +1,31 @@
 """The JSON schema that forces a tool call (`tool_choice` "required" or a named function) through
-the structured-output engine, and the reading of an output generated under it.
+the structured-output engine, as vLLM builds it.
 
-Under it the WHOLE output is a JSON array of calls, `[{"name": ..., "arguments": {...}}, ...]`, as
-vLLM forces them: a grammar over the whole output needs no knowledge of any template's markers,
-and each call's arguments are held to its function's `parameters` schema.
+- "required": the WHOLE output is a JSON array of calls, `[{"name": ..., "parameters": {...}}, ...]`,
+  at least one, each item any one of the tools (at most one item with `parallel_tool_calls: false`).
+  A grammar over the whole output needs no knowledge of any template's markers, and each call's
+  arguments are held to its function's `parameters` schema.
+- a named function: the whole output is that function's arguments, held to its `parameters`.
+
+llmserve.tool_calls.forced reads such an output back into calls, whole or as it streams.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llmserve.tool_calls.calls import ParsedCall, call_from_object
-
+# A function without `parameters` takes any object (OpenAI's reading of an absent schema).
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def forced_function(tool_choice: str | Mapping[str, Any]) -> str | None:
+    """The function a named `tool_choice` forces; None for "required"."""
+    if isinstance(tool_choice, Mapping):
+        return str(tool_choice["function"]["name"])
+    if tool_choice != "required":
+        raise ValueError(f"tool_choice {tool_choice!r} forces no call")
+    return None
 
 
 def forced_tool_call_schema(tools: Sequence[Mapping[str, Any]], tool_choice: str | Mapping[str, Any],
@@ -22,13 +33,12 @@ def forced_tool_call_schema(tools: Sequence[Mapping[str, Any]], tool_choice: str
     """`tools` in OpenAI's shape; `tool_choice` "required" (any of them) or
     {"type": "function", "function": {"name": ...}} (that one). `parallel=False` allows one call."""
     functions = [t["function"] for t in tools]
-    if isinstance(tool_choice, Mapping):
-        name = tool_choice["function"]["name"]
-        functions = [f for f in functions if f["name"] == name]
-        if not functions:
+    name = forced_function(tool_choice)
+    if name is not None:
+        named = [f for f in functions if f["name"] == name]
+        if not named:
             raise ValueError(f"tool_choice names {name!r}, which is not among the tools")
-    elif tool_choice != "required":
-        raise ValueError(f"tool_choice {tool_choice!r} forces no call")
+        return _parameters(named[0])
     if not functions:
         raise ValueError("tool_choice 'required' needs at least one tool")
     calls = [_call_schema(f) for f in functions]
@@ -39,18 +49,12 @@ def forced_tool_call_schema(tools: Sequence[Mapping[str, Any]], tool_choice: str
     return array
 
 
+def _parameters(function: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(function.get("parameters") or _ANY_OBJECT)
+
+
 def _call_schema(function: Mapping[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "properties": {"name": {"const": function["name"]},
-                                             "arguments": dict(function.get("parameters") or _ANY_OBJECT)},
-            "required": ["name", "arguments"], "additionalProperties": False}
-
-
-def parse_forced_output(text: str) -> list[ParsedCall]:
-    """The calls of an output generated under forced_tool_call_schema; ValueError if it is not one."""
-    value = json.loads(text)
-    if not isinstance(value, list) or not value:
-        raise ValueError("a forced tool call output must be a non-empty JSON array of calls")
-    calls = [call_from_object(item, ("arguments",)) for item in value]
-    if any(c is None for c in calls):
-        raise ValueError("every item of a forced tool call output must be {\"name\": ..., \"arguments\": {...}}")
-    return calls  # type: ignore[return-value]
+    # "name" comes first: the grammar generates properties in order, so a stream can name the call
+    # before its arguments begin.
+    return {"type": "object", "properties": {"name": {"const": function["name"]}, "parameters": _parameters(function)},
+            "required": ["name", "parameters"], "additionalProperties": False}

@@ -125,3 +125,22 @@ def test_a_model_without_a_tokenizer_refuses_guided_requests(tmp_path) -> None:
     engine = LLM(str(tmp_path), max_model_len=64, num_kv_blocks=16, block_size=16)
     with pytest.raises(InvalidParameter, match="need a tokenizer"):
         engine.generate([[1, 2, 3]], SamplingParams(guided=GuidedDecoding(regex="a")))
+
+
+def test_min_tokens_holds_while_the_grammar_allows_more(llm) -> None:
+    """The end of the output is blocked until min_tokens, as long as the grammar can go on."""
+    def lengths(min_tokens: int) -> list[int]:
+        params = [SamplingParams(temperature=1.0, seed=seed, max_tokens=40, min_tokens=min_tokens,
+                                 guided=GuidedDecoding(regex="(ab)+")) for seed in range(6)]
+        outs = [out.outputs[0] for out in llm.generate(["Word:"] * 6, params)]
+        assert all(re.fullmatch("(ab)+" if out.finish_reason == "stop" else "(ab)*a?", out.text) for out in outs)
+        return [len(out.token_ids) for out in outs]
+
+    assert min(lengths(0)) < 20  # left alone, the grammar lets some end early...
+    assert min(lengths(20)) >= 20  # ...which min_tokens forbids
+
+
+def test_a_grammar_that_allows_only_its_end_wins_over_min_tokens(llm) -> None:
+    out = llm.generate("x", SamplingParams(temperature=0.0, max_tokens=20, min_tokens=10,
+                                           guided=GuidedDecoding(choice=["done"])))[0].outputs[0]
+    assert out.text == "done" and out.finish_reason == "stop"

@@ -86,3 +86,21 @@ def test_prefix_cache_hits_show_in_usage_and_metrics(server):
     assert delta("prefix_cache_queries_total") == 43 + 42 + 41
     assert delta("prefix_cache_hits_total") == 32 + 32
     assert 0 < after[series("prefix_cache_hit_rate")] <= 1
+
+
+def test_a_shed_request_is_shed_against_each_target_of_its_class():
+    from llmserve.engine.outputs import EngineStats
+    from llmserve.server.metrics import ServerMetrics
+    from llmserve.service_classes import DEFAULT_SERVICE_CLASSES
+
+    metrics = ServerMetrics("m", lambda: EngineStats(0, 0, 0.0))
+    p0, p3 = DEFAULT_SERVICE_CLASSES[0], DEFAULT_SERVICE_CLASSES[3]
+    metrics.record_shed(p0, "predicted_wait")
+    metrics.record_shed(p3, "queue_full")  # p3 has no target: shed, but no SLO verdict
+    text = metrics.render()[0].decode()
+    for target in ("ttft", "e2e"):
+        assert ('llmserve:service_class_slo_requests_total{model_name="m",result="shed",service_class="p0",'
+                f'target="{target}"}} 1.0') in text
+    assert 'service_class="p3",target=' not in text
+    assert 'llmserve:service_class_requests_shed_total{model_name="m",reason="queue_full",service_class="p3"} 1.0' \
+        in text

@@ -132,6 +132,7 @@ def test_under_overload_p3_is_shed_and_p0_is_served_first(narrow_engine, monkeyp
     assert metrics[series("slo_requests_total", "p0", target="e2e", result="met")] == 2
     assert series("slo_requests_total", "p3", target="ttft", result="met") not in metrics  # p3 has no target
     assert metrics[series("time_to_first_token_seconds_count", "p0")] == 2
+    assert metrics[series("inter_token_latency_seconds_count", "p0")] == 2 * (5 - 1)  # 4 gaps in 5 tokens
     assert metrics[series("time_to_first_token_seconds_count", "p3")] == 4
     assert metrics[series("queue_length", "p0")] == 0 and metrics[series("queue_length", "p3")] == 0
     assert narrow_engine.engine.block_manager.num_free_blocks == narrow_engine.engine.block_manager.num_blocks

@@ -110,6 +110,10 @@ def test_parallel_false_none_and_malformed(scripted):
     none = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, tools=[WEATHER], tool_choice="none")
     assert none.choices[0].message.content == CALL + CALL and none.choices[0].finish_reason == "stop"
     assert "<tools>" not in engine.prompts[-1]
+    engine.replies = [CALL + CALL.replace("Paris", "Oslo")]
+    content, calls, reasons = collect(client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, tools=[WEATHER], parallel_tool_calls=False, stream=True))
+    assert [json.loads(c["arguments"]) for c in calls.values()] == [{"city": "Paris"}] and reasons[-1] == "tool_calls"
     engine.replies = ["<tool_call>{not json}</tool_call>"]
     bad = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, tools=[WEATHER], stream=True)
     content, calls, reasons = collect(bad)
@@ -134,7 +138,6 @@ def test_live_model_renders_tools_and_tool_messages(live_tools, engine):
     ({"tool_choice": "auto"}, "tool_choice", "only allowed when tools"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
      "not among the tools"),
-    ({"tools": [WEATHER], "tool_choice": "required"}, "tool_choice", "'required' is not supported yet"),
     ({"tools": [{"type": "retrieval"}]}, "tools.0.type", "function"),
 ])
 def test_bad_tool_requests_get_400(live_tools, extra, param, words):
