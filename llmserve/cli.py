@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -16,6 +17,7 @@ from llmserve.observability.cli import add_alerts_parser
 from llmserve.profiling.cli import add_profile_parser
 from llmserve.server.api_key import API_KEY_ENV, resolve_api_key
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
+from llmserve.spec_decode.config import METHODS
 from llmserve.terminal import write_flushed
 from llmserve.units import parse_bandwidth, parse_duration_s
 
@@ -62,6 +64,7 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                        help="CPU threads (default: adapt to the cores this process may use, fewer while other "
                             "processes keep some busy)")
     group.add_argument("--seed", type=int, default=0)
+    _speculative_args(parser)
     classes = parser.add_argument_group("service classes")
     classes.add_argument("--scheduling-policy", default="classes", choices=("classes", "fcfs"),
                          help="classes: by service class and deadline, with shares and preemption; "
@@ -72,6 +75,32 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                          help="edit or add a class, e.g. p0:ttft=200ms,e2e=1s,share=0.4 (repeatable)")
     classes.add_argument("--default-service-class", default=None, metavar="NAME",
                          help="the class of requests that name none (default: the file's, else p3)")
+
+
+def _speculative_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("speculative decoding (vLLM's speculative_config)")
+    group.add_argument("--speculative-config", default=None, metavar="JSON",
+                       help='vLLM\'s form, e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\'')
+    group.add_argument("--speculative-method", default=None, choices=METHODS,
+                       help="ngram: drafts copied from the request's own prompt and output (prompt lookup)")
+    group.add_argument("--num-speculative-tokens", type=int, default=None, metavar="K",
+                       help="drafts verified per step and sequence (default 4)")
+    group.add_argument("--prompt-lookup-max", type=int, default=None, metavar="N", help="longest n-gram (default 4)")
+    group.add_argument("--prompt-lookup-min", type=int, default=None, metavar="N", help="shortest n-gram (default 2)")
+
+
+def _speculative_config(args: argparse.Namespace) -> dict | None:
+    """--speculative-config's JSON, with the single flags laid over it; None when no method is named."""
+    config = json.loads(args.speculative_config) if args.speculative_config else {}
+    if not isinstance(config, dict):
+        raise ValueError("--speculative-config must be a JSON object")
+    for key in ("speculative_method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"):
+        value = getattr(args, key)
+        if value is not None:
+            config[key.removeprefix("speculative_")] = value
+    if config and config.get("method") is None:
+        raise ValueError("speculative decoding needs a method: --speculative-method ngram")
+    return config or None
 
 
 def add_device_arg(group: argparse._ActionsContainer, auto: str = "the first GPU when CUDA is available, "
@@ -108,7 +137,8 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
                 device=device, enforce_eager=args.enforce_eager, backend=args.backend,
                 gpu_memory_utilization=args.gpu_memory_utilization,
                 scheduling_policy=args.scheduling_policy, service_classes=_service_classes(args),
-                quantization=args.quantization, quant_group_size=args.quant_group_size, quant_skip=args.quant_skip)
+                quantization=args.quantization, quant_group_size=args.quant_group_size, quant_skip=args.quant_skip,
+                speculative_config=_speculative_config(args))
 
 
 def _check_model_path(model: str | None) -> None:

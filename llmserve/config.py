@@ -9,6 +9,7 @@ from typing import Any
 from llmserve.devices import is_cuda, resolve_device
 from llmserve.quant.config import QuantConfig
 from llmserve.service_classes import DEFAULT_SERVICE_CLASSES, ServiceClasses
+from llmserve.spec_decode.config import SpeculativeConfig
 
 SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3")
 BACKENDS = ("auto", "cpu", "torch", "cuda")  # attention backends (llmserve/backends/); auto: the device's own
@@ -166,6 +167,7 @@ class EngineConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    speculative: SpeculativeConfig | None = None  # None: no speculative decoding
 
     def __post_init__(self) -> None:
         # Frozen, so the resolved name is written past __setattr__: config.device is always concrete.
@@ -184,7 +186,8 @@ class EngineConfig:
                service_classes: ServiceClasses | None = None, load_format: str = "auto", seed: int = 0,
                num_threads: int | None = None, device: str = "auto", enforce_eager: bool = False,
                backend: str = "auto", gpu_memory_utilization: float = 0.9, quantization: str | None = None,
-               quant_group_size: int | None = None, quant_skip: str | list[str] | None = None) -> EngineConfig:
+               quant_group_size: int | None = None, quant_skip: str | list[str] | None = None,
+               speculative_config: dict[str, Any] | SpeculativeConfig | None = None) -> EngineConfig:
         """The flat keyword form that LLM(...), AsyncEngine.from_args(...) and the CLI share.
 
         kv_cache_memory, max_num_seqs and max_num_batched_tokens left at None take the device's
@@ -206,6 +209,7 @@ class EngineConfig:
                 max_num_batched_tokens=(defaults.max_num_batched_tokens if max_num_batched_tokens is None
                                         else max_num_batched_tokens),
                 policy=scheduling_policy, service_classes=service_classes or DEFAULT_SERVICE_CLASSES),
+            speculative=SpeculativeConfig.from_dict(speculative_config),
         )
 
 

@@ -35,8 +35,9 @@ class LLM:
         """kwargs: dtype, max_model_len, kv_cache_memory, block_size, num_kv_blocks, enable_prefix_caching,
         max_num_seqs, max_num_batched_tokens, scheduling_policy, service_classes, load_format, seed,
         num_threads, device (auto | cpu | cuda | cuda:N), enforce_eager, backend, gpu_memory_utilization,
-        quantization, quant_group_size, quant_skip (see EngineConfig.create; settings left out or None take
-        the device's defaults)."""
+        quantization, quant_group_size, quant_skip, speculative_config (vLLM's dict, e.g. {"method": "ngram",
+        "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}) (see EngineConfig.create;
+        settings left out or None take the device's defaults)."""
         kwargs["device"] = str(resolve_device(kwargs.get("device", "auto")))
         if kwargs.get("max_num_batched_tokens") is None and not is_cuda(kwargs["device"]):
             kwargs["max_num_batched_tokens"] = OFFLINE_MAX_NUM_BATCHED_TOKENS

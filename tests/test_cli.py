@@ -209,3 +209,22 @@ def test_memory_bandwidth_flag_reads_rates_or_auto(capsys) -> None:
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--memory-bandwidth", "fast"])
     assert "--memory-bandwidth" in capsys.readouterr().err
+
+
+def test_speculative_flags_reach_the_engine_config() -> None:
+    from llmserve.spec_decode.config import SpeculativeConfig
+
+    for command in (["serve"], ["generate", "hi"]):
+        config = _config_from_cli(*command, "--speculative-method", "ngram", "--num-speculative-tokens", "5",
+                                  "--prompt-lookup-max", "3")
+        assert config.speculative == SpeculativeConfig("ngram", 5, 3, 2)
+        config = _config_from_cli(*command, "--speculative-config", '{"method": "ngram", "prompt_lookup_min": 1}',
+                                  "--num-speculative-tokens", "2")
+        assert config.speculative == SpeculativeConfig("ngram", 2, 4, 1)
+    assert _config_from_cli("serve").speculative is None
+
+
+def test_speculative_flags_without_a_method_are_a_one_line_error() -> None:
+    result = _run_cli("serve", "--num-speculative-tokens", "3")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "--speculative-method" in result.stderr

@@ -1,4 +1,5 @@
-"""Benchmark datasets: random prompts, a JSONL file of prompts or conversations, and a shared prefix.
+"""Benchmark datasets: random prompts, a JSONL file of prompts or conversations, a shared prefix, and
+input-grounded instructions (bench/grounded.py).
 
 The bench speaks only HTTP and has no tokenizer, so text lengths are estimates: random text is
 made of common English words that are one token each in Llama-family vocabularies, and file
@@ -15,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from llmserve.bench.grounded import grounded_requests
 from llmserve.bench.workload import FIRST_PLAIN_TOKEN_ID, BenchRequest, Message, random_requests
 
 # ids: token-id prompts (exact lengths; /v1/completions of vLLM, llama.cpp and ours take them);
 # text: word prompts for servers that only take strings; chat: text as conversations for /v1/chat/completions.
 PromptForm = Literal["ids", "text", "chat"]
-DATASET_KINDS = ("random", "shared-prefix", "jsonl:PATH")
+DATASET_KINDS = ("random", "shared-prefix", "input-grounded", "jsonl:PATH")
 CHARS_PER_TOKEN = 4
 # Each is a single token (with its leading space) in the SmolLM2, Llama and Mistral vocabularies.
 _WORD_TEXT = (
@@ -59,6 +61,8 @@ def load_dataset(spec: DatasetSpec) -> list[BenchRequest]:
         return random_text_requests(spec.num_prompts, spec.input_len, spec.output_len, spec.seed)
     if spec.kind == "shared-prefix":
         return shared_prefix_requests(spec)
+    if spec.kind == "input-grounded":
+        return grounded_requests(spec.num_prompts, spec.input_len, spec.output_len, WORDS, spec.form, spec.seed)
     if spec.kind.startswith("jsonl:"):
         return jsonl_requests(Path(spec.kind.removeprefix("jsonl:")), spec.num_prompts, spec.output_len, spec.seed)
     raise ValueError(f"unknown dataset {spec.kind!r}; expected one of {', '.join(DATASET_KINDS)}")

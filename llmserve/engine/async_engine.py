@@ -113,9 +113,13 @@ class AsyncEngine:
         scheduler = self.engine.scheduler
         blocks = self.engine.block_manager
         cache = blocks.prefix_cache.stats if blocks.prefix_cache is not None else PrefixCacheStats()
+        spec = self.engine.spec_stats
         return EngineStats(num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
                            kv_cache_usage=blocks.usage, prefix_cache_queries=cache.queries,
                            prefix_cache_hits=cache.hits, steps=self.engine.steps.snapshot(),
+                           spec_decode_num_drafts=spec.num_drafts,
+                           spec_decode_num_draft_tokens=spec.num_draft_tokens,
+                           spec_decode_num_accepted_tokens=spec.num_accepted_tokens,
                            weight_bytes_per_step=self.engine.weight_bytes_per_step,
                            cache_config=self.engine.cache_config_info())
 

@@ -30,6 +30,8 @@ from llmserve.pooling_params import PoolingParams
 from llmserve.runner.model_runner import ModelRunner
 from llmserve.runner.step_result import SampledToken
 from llmserve.sampling_params import SamplingParams
+from llmserve.spec_decode.acceptance import SpecDecodeStats, record_verification
+from llmserve.spec_decode.proposer import NgramProposer
 from llmserve.structured.compiler import GrammarCompiler
 from llmserve.structured.guide import Guide
 
@@ -72,6 +74,8 @@ class LLMEngine:
             self.tokenizer, self.model_config.vocab_size, self.model_config.eos_token_ids)
         self._requests: dict[str, list[Request]] = {}
         self._sequence = itertools.count()
+        self.proposer = NgramProposer(config.speculative) if config.speculative is not None else None
+        self.spec_stats = SpecDecodeStats()
         graphs = f", CUDA graphs captured in {self.graph_capture_seconds:.1f}s" if self.graph_capture_seconds else ""
         logger.info("engine ready in %.2fs on %s (%s backend%s): %s, %s, %s weights, %d KV blocks of %d tokens",
                     time.perf_counter() - start, self.device, self.backend.name, graphs,
@@ -204,19 +208,23 @@ class LLMEngine:
         return self.scheduler.num_unfinished > 0
 
     def step(self) -> list[RequestOutput]:
+        if self.proposer is not None:
+            self.proposer.propose(self.scheduler.running)
         plan = self.scheduler.schedule()
         self.steps.record(plan.num_batched_tokens, len(plan.scheduled), len(plan.preempted))
         if plan.is_empty:
             return []
         self.threads.adjust()
         try:
-            result = self.runner.execute(scheduler_output(plan.scheduled))
+            message = scheduler_output(plan.scheduled)
+            result = self.runner.execute(message)
             record_prompt_results(plan.scheduled, [r.num_computed_tokens for r, _ in plan.scheduled], result)
         except Exception as exc:  # one bad batch must not take the engine down
             logger.exception("engine step failed")
             return self._fail(plan.scheduled, f"internal error: {exc}")
-        for request, num_new in plan.scheduled:
-            request.num_computed_tokens += num_new
+        for (request, num_new), seq in zip(plan.scheduled, message.sequences, strict=True):
+            # Drafts count as computed only once accepted, below: a rejected draft's slot is overwritten later.
+            request.num_computed_tokens += num_new - len(seq.draft_token_ids)
             self.block_manager.cache_full_blocks(request)
             if request.max_tokens == 0 and request.num_pending_tokens == 0:
                 self.scheduler.finish(request, RequestStatus.FINISHED_LENGTH)  # prefilled: all it asked for
@@ -231,6 +239,10 @@ class LLMEngine:
             except Exception as exc:  # e.g. a detokenizer failure: fail this request alone
                 logger.exception("request %s failed", request.request_id)
                 failed += self._fail([(request, 0)], f"internal error: {exc}")
+            if token.is_draft and not request.is_finished:
+                request.num_computed_tokens += 1  # an accepted draft: its KV was written this step
+        if self.proposer is not None:
+            record_verification(plan.scheduled, message, result, self.spec_stats, self.block_manager)
         # A failed parent was collected (and forgotten) by _fail; the others are collected now.
         return failed + [out for pid in touched if pid in self._requests and (out := self._collect(pid)) is not None]
 

@@ -70,3 +70,6 @@ class EngineStats:
     steps: StepStats = field(default_factory=StepStats)  # tokens and sequences per step, preemptions
     weight_bytes_per_step: int = 0  # model-weight bytes one forward reads
     cache_config: dict[str, str] = field(default_factory=dict)  # what cache_config_info reports
+    spec_decode_num_drafts: int = 0  # speculative verifications of a sequence with drafts (cumulative)
+    spec_decode_num_draft_tokens: int = 0  # draft tokens verified (cumulative)
+    spec_decode_num_accepted_tokens: int = 0  # of those, drafts the target accepted (cumulative)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from llmserve.engine.detokenizer import IncrementalDetokenizer
     from llmserve.engine.outputs import TokenLogprobs
     from llmserve.engine.prompt_results import PromptResults
+    from llmserve.spec_decode.acceptance import AcceptanceTracker
     from llmserve.structured.guide import Guide
 
 
@@ -80,6 +81,10 @@ class Request:
     guide: Guide | None = None  # its grammar's state when the output is constrained (its own, per sequence)
     # Prompt logprobs / pooled states being gathered (the parent's first sequence only, when asked)
     prompt_results: PromptResults | None = None
+    # Draft tokens to verify after its pending token this step (speculative decoding), and how well its
+    # drafts have held so far
+    spec_token_ids: list[int] = field(default_factory=list)
+    spec_acceptance: AcceptanceTracker | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -93,6 +98,12 @@ class Request:
     def num_pending_tokens(self) -> int:
         """Tokens whose KV is not yet in the cache (prompt, or everything again after preemption)."""
         return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def num_pending_with_drafts(self) -> int:
+        """Pending tokens plus the drafts that ride on a decode's single pending token."""
+        pending = self.num_pending_tokens
+        return pending + len(self.spec_token_ids) if pending == 1 else pending
 
     def token_slice(self, start: int, end: int) -> list[int]:
         prompt_len = len(self.prompt_token_ids)

@@ -8,6 +8,11 @@ last is preempted: its blocks are freed and it is recomputed later from its toke
 is admitted on whatever prefix of its tokens the prefix cache holds (engine/block_manager.py),
 so only the rest is computed, and a preempted request finds its own blocks again.
 
+A decoding request may carry draft tokens (speculative decoding, spec_decode/): they are scheduled
+with its pending token, cost budget and KV slots like any token, and are the first thing dropped
+when the budget or the pool runs short. Slots of rejected drafts stay with the request and are
+overwritten by its next tokens.
+
 With service classes (engine/policy.py), a higher class that finds no free slot or KV blocks
 preempts running requests of lower classes, and each busy class is owed its share of the token
 budget and of the slots: a share holds in a first pass and what it leaves unused is handed out
@@ -106,9 +111,12 @@ class Scheduler:
         while index < len(self.running) and step.budget.remaining > 0:
             request = self.running[index]
             granted = step.grants.get(request, 0)
-            num_new = min(request.num_pending_tokens - granted, step.budget.allowance(request.priority))
+            num_new = min(request.num_pending_with_drafts - granted, step.budget.allowance(request.priority))
             if num_new <= 0:
                 index += 1
+                continue
+            if request.spec_token_ids and not self.block_manager.can_allocate(request, granted + num_new):
+                request.spec_token_ids = []  # drafts are a bet: never preempt anyone for their KV slots
                 continue
             if not self._make_room(index, granted + num_new, step):
                 continue  # the request itself was preempted; the next one now sits at `index`
@@ -138,6 +146,7 @@ class Scheduler:
         self.running.remove(request)
         self.block_manager.free(request)
         request.num_computed_tokens = 0
+        request.spec_token_ids = []
         request.num_preemptions += 1
         request.status = RequestStatus.PREEMPTED
         self.waiting.append(request)

@@ -2,9 +2,9 @@
 
 The runner never sees a `Request`: it gets, per scheduled sequence, the tokens to compute this
 step, where they start, the sequence's KV blocks and, when the step ends at the sequence's last
-token, what the sampler needs; for a request that wants its prompt's logprobs or pooled hidden
-states, what those need. The engine keeps the `Request`s and maps results back by their index in
-`sequences`.
+token, what the sampler needs (and the draft tokens after it, with speculative decoding); for a
+request that wants its prompt's logprobs or pooled hidden states, what those need.
+The engine keeps the `Request`s and maps results back by their index in `sequences`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class ScheduledSequence:
     # The prompt token after this chunk, which its last row predicts (None: the chunk ends the prompt)
     next_prompt_token: int | None = None
     pool: bool = False  # sum this chunk's last hidden states (an embedding request)
+    # Speculative drafts: the last len(draft_token_ids) of token_ids, each verified by the row before it
+    draft_token_ids: tuple[int, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -66,6 +68,8 @@ def scheduler_output(scheduled: list[tuple[Request, int]]) -> SchedulerOutput:
 def _sequence(request: Request, num_new: int) -> ScheduledSequence:
     start = request.num_computed_tokens
     end = start + num_new
+    drafts = tuple(request.spec_token_ids[:max(0, end - request.num_tokens)])
+    end -= len(drafts)
     sampling = None
     if end == request.num_tokens and request.max_tokens > 0:  # max_tokens 0: the prompt is only prefilled
         sampling = SamplingInputs(request.params, request.prompt_token_ids, request.output_token_ids,
@@ -77,8 +81,8 @@ def _sequence(request: Request, num_new: int) -> ScheduledSequence:
             top_k = results.num_logprobs
             next_token = request.prompt_token_ids[end] if end < request.num_prompt_tokens else None
         pool = results.wants_pooling(end)
-    return ScheduledSequence(request.token_slice(start, end), start, request.block_ids, sampling, top_k,
-                             next_token, pool)
+    return ScheduledSequence(request.token_slice(start, end) + list(drafts), start, request.block_ids, sampling,
+                             top_k, next_token, pool, drafts)
 
 
 def blocked_token_ids(request: Request) -> list[int]:

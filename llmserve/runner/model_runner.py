@@ -12,6 +12,7 @@ from llmserve.runner.prompt_rows import KeptRows, prompt_logprobs, prompt_target
 from llmserve.runner.sampler import Sampler
 from llmserve.runner.step_batch import StepBatch, build_step_batch
 from llmserve.runner.step_result import SampledToken, StepResult
+from llmserve.spec_decode.verify_rows import VerifyRows
 
 __all__ = ["ModelRunner", "SampledToken", "StepResult"]
 
@@ -57,11 +58,14 @@ class ModelRunner:
 
     def _sample(self, output: SchedulerOutput, kept: KeptRows, hidden: torch.Tensor,
                 rows: list[int]) -> list[SampledToken]:
+        seqs = output.sequences
+        if any(seqs[i].draft_token_ids for i in rows):
+            return self._verify(output, kept, hidden, rows)
         if kept.num_rows != len(rows):  # other rows were kept too: take each sampled sequence's last
-            index = [kept.row(i, output.sequences[i].num_tokens - 1) for i in rows]
+            index = [kept.row(i, seqs[i].num_tokens - 1) for i in rows]
             hidden = hidden.index_select(0, torch.tensor(index, device=hidden.device))
         logits = self.model.compute_logits(hidden)
-        inputs = [output.sequences[i].sampling for i in rows]
+        inputs = [seqs[i].sampling for i in rows]
         result = self.sampler.sample(
             logits,
             [s.params for s in inputs],
@@ -72,3 +76,13 @@ class ModelRunner:
             [s.guide for s in inputs],
         )
         return [SampledToken(i, t, lp) for i, t, lp in zip(rows, result.token_ids, result.logprobs, strict=True)]
+
+    def _verify(self, output: SchedulerOutput, kept: KeptRows, hidden: torch.Tensor,
+                rows: list[int]) -> list[SampledToken]:
+        """Sample every verified row (spec_decode/verify_rows.py) and keep each sequence's accepted tokens."""
+        plan = VerifyRows.of(output, kept, rows)
+        hidden = hidden.index_select(0, torch.tensor(plan.hidden_rows, device=hidden.device))
+        result = self.sampler.sample(self.model.compute_logits(hidden), plan.params, plan.prompt_token_ids,
+                                     plan.output_token_ids, plan.generators, plan.blocked_token_ids, plan.guides,
+                                     plan.draft_token_ids)
+        return plan.accepted(result.token_ids, result.logprobs)

@@ -38,8 +38,8 @@ def kept_span(seq: ScheduledSequence) -> tuple[int, int]:
         return 0, n
     if seq.prompt_logprobs is not None:  # with sampling, the chunk ends the prompt: its last row samples
         return 0, n if seq.sampling is not None else len(prompt_targets(seq))
-    if seq.sampling is not None:
-        return n - 1, n
+    if seq.sampling is not None:  # the pending token's row, then one per draft
+        return n - 1 - len(seq.draft_token_ids), n
     return 0, 0
 
 

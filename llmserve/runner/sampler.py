@@ -4,6 +4,11 @@ Pipeline per step (rows that don't need a stage skip it):
   penalties -> blocked ids (min_tokens) -> grammar mask -> logprobs -> greedy argmax
   -> temperature -> top-k / top-p -> min-p -> exponential-race draw.
 
+A row that verifies a speculative draft x (one-hot draft distribution) keeps x with probability
+p(x) under the row's final distribution p, and otherwise draws from p with x removed: the standard
+rejection sampler, whose token is distributed exactly as p (spec_decode/acceptance.py). Greedy rows
+need nothing: their argmax is compared with the draft by the caller.
+
 Logprobs are taken after penalties and blocking but before temperature and
 truncation: they describe the model's (penalised) distribution rather than
 the sampling-shaped one, so they stay comparable across temperatures and
@@ -44,6 +49,7 @@ class Sampler:
         generators: Sequence[torch.Generator | None],
         blocked_token_ids: Sequence[Sequence[int]] | None = None,
         guides: Sequence[Guide | None] | None = None,
+        draft_token_ids: Sequence[int | None] | None = None,
     ) -> SamplerOutput:
         """Pick one token per row of `logits` ([B, V]; float32 ones are modified in place).
 
@@ -77,7 +83,8 @@ class Sampler:
             idx = _index(random_rows, logits.device)
             sub_params = [params[i] for i in random_rows]
             sub_gens = [generators[i] for i in random_rows]
-            token_ids[idx] = self._sample_random(logits[idx], sub_params, sub_gens)
+            sub_drafts = None if draft_token_ids is None else [draft_token_ids[i] for i in random_rows]
+            token_ids[idx] = self._sample_random(logits[idx], sub_params, sub_gens, sub_drafts)
         ids = token_ids.tolist()
         return SamplerOutput(token_ids=ids, logprobs=_finish_logprobs(logprobs, token_ids, ids, params))
 
@@ -86,16 +93,44 @@ class Sampler:
         logits: torch.Tensor,
         params: Sequence[SamplingParams],
         generators: Sequence[torch.Generator | None],
+        drafts: Sequence[int | None] | None = None,
     ) -> torch.Tensor:
         temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=logits.device)
         logits.div_(temps.unsqueeze(1))
         _apply_top_k_top_p(logits, params)
         probs = logits.softmax(dim=-1)
         _apply_min_p(probs, params)
+        kept = None
+        if drafts is not None and any(d is not None for d in drafts):
+            kept = self._test_drafts(probs, generators, drafts)
         noise = self._exponential_noise(probs, generators)
         # Exponential race: argmax(p_i / E_i) with E_i ~ Exp(1) picks i with
         # probability p_i, and needs no cumsum/renormalisation of probs.
-        return _argmax(probs.div_(noise))
+        tokens = _argmax(probs.div_(noise))
+        if kept is not None:
+            rows, draft_ids = kept
+            tokens[rows] = draft_ids
+        return tokens
+
+    def _test_drafts(self, probs: torch.Tensor, generators: Sequence[torch.Generator | None],
+                     drafts: Sequence[int | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accept each row's draft x with probability p(x); remove x from the rows that reject it, so
+        their draw is from the rest of p. The rows that keep their draft and those drafts."""
+        rows = [i for i, d in enumerate(drafts) if d is not None]
+        idx = _index(rows, probs.device)
+        draft_ids = _index([drafts[i] for i in rows], probs.device)
+        # min-p zeroes tokens without renormalising: p(x) is relative to what is left.
+        p_draft = probs[idx, draft_ids] / probs[idx].sum(dim=-1)
+        uniform = torch.empty(len(rows), dtype=probs.dtype, device=probs.device)
+        shared = self._shared_generator(probs.device)
+        for j, i in enumerate(rows):  # a seeded row draws from its own generator, as its noise does
+            g = generators[i]
+            uniform[j] = torch.rand(1, dtype=probs.dtype, generator=g if g is not None else shared,
+                                    device=g.device if g is not None else probs.device).item()
+        accept = uniform < p_draft
+        rejected = ~accept
+        probs[idx[rejected], draft_ids[rejected]] = 0.0
+        return idx[accept], draft_ids[accept]
 
     def _exponential_noise(
         self, probs: torch.Tensor, generators: Sequence[torch.Generator | None]

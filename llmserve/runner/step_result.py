@@ -14,10 +14,12 @@ class SampledToken:
     seq_index: int  # the sequence's place in SchedulerOutput.sequences
     token_id: int
     logprobs: TokenLogprobs | None
+    is_draft: bool = False  # an accepted draft: its KV was computed this step (speculative decoding)
 
 
 @dataclass
 class StepResult:
+    # A sequence's tokens in order: more than one when it verified drafts (accepted drafts, then one more)
     sampled: list[SampledToken] = field(default_factory=list)
     # seq index -> the prompt logprobs this chunk's rows give: for a chunk at positions [s, e) of a
     # prompt of P tokens, the entries of tokens s + 1 .. min(e, P - 1), in order.

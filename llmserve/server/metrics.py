@@ -79,6 +79,12 @@ class _EngineGauges(Collector):
             ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", lambda s: s.prefix_cache_queries),
             ("prefix_cache_hits", "Prompt tokens whose KV was found in the prefix cache.",
              lambda s: s.prefix_cache_hits),
+            ("spec_decode_num_drafts", "Speculative verifications of a sequence with drafts.",
+             lambda s: s.spec_decode_num_drafts),
+            ("spec_decode_num_draft_tokens", "Draft tokens proposed and verified.",
+             lambda s: s.spec_decode_num_draft_tokens),
+            ("spec_decode_num_accepted_tokens", "Draft tokens the target model accepted.",
+             lambda s: s.spec_decode_num_accepted_tokens),
         ):
             counter = CounterMetricFamily(PREFIX + name, doc, labels=labels)
             for label_values, s in series:
