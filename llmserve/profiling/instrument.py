@@ -103,16 +103,16 @@ def _method_wrappers(runner: ModelRunner, recorder: Recorder) -> list[tuple[Any,
                 wrap(module, "logits", cat.LOGITS)
     wrap(runner.backend, "build_metadata", cat.PREPARATION)
 
-    prepare = runner.prepare_step
+    build = runner.build_step
 
-    @functools.wraps(prepare)
-    def prepare_and_keep(output: Any) -> Any:
+    @functools.wraps(build)
+    def build_and_keep(output: Any) -> Any:
         with recorder.region(cat.PREPARATION):
-            kept, batch = prepare(output)
+            kept, batch = build(output)
         recorder.batches.append(batch)  # the step's shapes, for the analytical FLOPs and bytes
         return kept, batch
 
-    wrappers.append((runner, "prepare_step", prepare_and_keep))
+    wrappers.append((runner, "build_step", build_and_keep))
     return wrappers
 
 

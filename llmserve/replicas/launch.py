@@ -34,10 +34,10 @@ def replica_engine_factory(cluster: RayCluster, config: ServerConfig, counters: 
 
 
 def with_routing_metrics(config: ServerConfig, counters: RoutingCounters):
-    def prepare(app: FastAPI) -> None:
+    def register(app: FastAPI) -> None:
         app.state.server.metrics.registry.register(RoutingMetrics(config.served_model_name, counters))
 
-    return prepare
+    return register
 
 
 def run_replicated_server(config: ServerConfig, plan: ReplicaPlan, log_level: str = "info") -> int:
@@ -47,6 +47,6 @@ def run_replicated_server(config: ServerConfig, plan: ReplicaPlan, log_level: st
     front = replace(config, warmup=False)
     try:
         return run_server(front, log_level, replica_engine_factory(cluster, config, counters),
-                          prepare_app=with_routing_metrics(config, counters))
+                          extend_app=with_routing_metrics(config, counters))
     finally:
         cluster.stop()

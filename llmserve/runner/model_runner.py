@@ -35,7 +35,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, output: SchedulerOutput) -> StepResult:
-        kept, batch = self.prepare_step(output)
+        kept, batch = self.build_step(output)
         hidden = self.backend.forward(self.model, batch, self.kv_caches)  # the kept rows
         result = StepResult()
         rows = [i for i, seq in enumerate(output.sequences) if seq.sampling is not None]
@@ -51,7 +51,7 @@ class ModelRunner:
                 result.pooled[i] = hidden[kept.rows(i, seq.num_tokens)].float().sum(dim=0)
         return result
 
-    def prepare_step(self, output: SchedulerOutput) -> tuple[KeptRows, StepBatch]:
+    def build_step(self, output: SchedulerOutput) -> tuple[KeptRows, StepBatch]:
         """The rows whose hidden states the step keeps, and its device-neutral inputs (built on the host)."""
         kept = KeptRows.of(output)
         return kept, build_step_batch(output, self.block_size, kept=kept)

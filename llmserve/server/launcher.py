@@ -65,8 +65,8 @@ class GracefulServer(uvicorn.Server):
 
 
 def run_server(config: ServerConfig, log_level: str = "info", engine_factory: EngineFactory | None = None,
-               prepare_app: Callable[[FastAPI], None] | None = None) -> int:
-    """`prepare_app` adds to the app before it serves (the replica front's routing metrics)."""
+               extend_app: Callable[[FastAPI], None] | None = None) -> int:
+    """`extend_app` adds to the app before it serves (the replica front's routing metrics)."""
     failed = threading.Event()
     server: GracefulServer | None = None
 
@@ -76,8 +76,8 @@ def run_server(config: ServerConfig, log_level: str = "info", engine_factory: En
             server.should_exit = True
 
     app = build_app(config, engine_factory, on_load_failure=on_load_failure)
-    if prepare_app is not None:
-        prepare_app(app)
+    if extend_app is not None:
+        extend_app(app)
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level.lower(),
                                access_log=False,  # each request gets our own line, with its token counts
                                timeout_graceful_shutdown=config.shutdown_timeout + CUT_OFF_GRACE_S, lifespan="on")

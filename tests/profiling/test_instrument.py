@@ -44,7 +44,7 @@ def test_profiling_changes_no_token_and_leaves_nothing_behind(folder: Path) -> N
     assert recorder.take_batches()  # the steps' shapes, one per forward
     assert all(getattr(m, "ops", runner.backend) is runner.backend for m in runner.model.modules())
     assert not any("forward" in vars(m) or "logits" in vars(m) for m in runner.model.modules())
-    assert "prepare_step" not in vars(runner) and "build_metadata" not in vars(runner.backend)
+    assert "build_step" not in vars(runner) and "build_metadata" not in vars(runner.backend)
     assert type(runner.sampler) is Sampler
     assert _tokens(llm) == expected
 
